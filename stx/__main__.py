@@ -1,0 +1,3 @@
+from stx.cli import main
+
+main()
