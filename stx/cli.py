@@ -6,7 +6,9 @@ Heavy imports (torch, mlflow, anndata) happen inside the commands so `stx --help
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,6 +31,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            if logging.getLogger("stx").level <= logging.DEBUG:
+                raise
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            click.secho(f"error: internal error: {err.__class__.__name__}: {first} "
+                        f"(run 'stx -v ...' for the traceback)", fg="red", err=True)
+            sys.exit(1)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -37,6 +48,13 @@ def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(show_path=False, show_time=False, markup=False, rich_tracebacks=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("stx").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # libraries speak only when something is wrong; stx reports progress itself
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).propagate = True
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", message=r".*(isinstance\(treespec|litlogger|does not have many workers).*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mlflow|anndata|scanpy).*")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,6 +64,10 @@ def cli(verbose: bool) -> None:
     """Fine-tune Arc's State Transition model on a new perturbation and compare variants.
 
     \b
+    stx run --variant lora                fine-tune on the embedded demo, tracked in MLflow
+    stx run --variant baseline            the pretrained model, evaluated the same way
+    stx predict --model models:/stx-lora/1 --data IN.h5ad --out OUT.h5ad
+    stx ui                                the MLflow UI on the store stx writes to
     stx data demo --out demo.h5ad         synthetic burn/sham wound-healing data
     stx data validate --config FILE.toml  check data against a config, show the split
     """
@@ -57,6 +79,114 @@ def _config_options(func):  # noqa: ANN001 - decorator
                         help="Override a config key, e.g. --set model.lora.r=8 (repeatable).")(func)
     return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                         help="TOML config; default: the embedded demo config.")(func)
+
+
+def _tracking_option(func):  # noqa: ANN001 - decorator
+    return click.option("--tracking-uri", metavar="URI",
+                        help="MLflow store; default MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.")(func)
+
+
+# ---------------------------------------------------------------- run
+
+
+@cli.command()
+@click.option("--variant", required=True, metavar="VARIANT",
+              help="baseline, lora, lora-mhc, lora-velocity, lora-mhc-velocity (aliases: velocity, mhc, "
+                   "mhc-velocity).")
+@_config_options
+@click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides trainer.seed).")
+@_tracking_option
+@click.option("--experiment", metavar="NAME", help="MLflow experiment (default: from the config).")
+@click.option("--devices", type=click.IntRange(min=1), help="Processes/GPUs (overrides trainer.devices).")
+def run(variant: str, config_path: Path | None, overrides: tuple[str, ...], seed: int | None,
+        tracking_uri: str | None, experiment: str | None, devices: int | None) -> None:
+    """Fine-tune (or, for baseline, only evaluate) one variant; everything goes to MLflow."""
+    import signal
+
+    from stx.config import load_config
+    from stx.tracking.store import resolve_tracking_uri
+    from stx.variants import resolve_variant
+
+    resolve_variant(variant)  # an unknown name fails before any data is read
+    if seed is not None:
+        overrides = (*overrides, f"trainer.seed={seed}")
+    cfg = load_config(config_path, overrides)
+    uri = resolve_tracking_uri(tracking_uri)
+    # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    from stx.experiment import run_experiment
+
+    summary = run_experiment(cfg, variant, uri, experiment=experiment, devices=devices)
+    if summary is not None:
+        click.echo(_run_paragraph(summary))
+
+
+def _run_paragraph(s) -> str:  # noqa: ANN001
+    from stx.tracking.store import mask_secrets
+
+    def fmt(key: str, source: dict) -> str:
+        value = source.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    metrics = ", ".join(f"{m} {fmt('eval/' + m, s.metrics)} (mean_shift {fmt('ref/mean_shift/' + m, s.reference)})"
+                        for m in ("pearson_delta", "energy_ratio", "direction_cos", "magnitude_ratio",
+                                  "temporal_coherence"))
+    model = f" Registered as models:/stx-{s.variant}/{s.model_version}." if s.model_version else ""
+    ui = "stx ui" if s.tracking_uri.startswith("sqlite") else f"the MLflow UI at {mask_secrets(s.tracking_uri)}"
+    return (f"\nRun {s.run_name} ({s.run_id}) finished in {s.wall_time_s:.0f} s in experiment "
+            f"'{s.experiment}' of {mask_secrets(s.tracking_uri)}. Held-out test metrics: {metrics}."
+            f"{model} Artifacts (checkpoints, predictions, plots): {mask_secrets(s.artifact_uri)}. "
+            f"Open {ui} to see curves, artifacts and the registered model.")
+
+
+# ---------------------------------------------------------------- predict
+
+
+@cli.command()
+@click.option("--model", "model_uri", required=True, metavar="URI",
+              help="models:/stx-lora/1, runs:/RUN_ID/model, a run id, or a local model folder.")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Input .h5ad with control cells.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .h5ad.")
+@click.option("--condition", metavar="NAME", help="Predict only this condition (default: every non-control one).")
+@_tracking_option
+def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, tracking_uri: str | None) -> None:
+    """Predict perturbed cells from the control cells of an .h5ad."""
+    from stx.evaluate.inference import load_model_uri, predict_file
+    from stx.tracking.store import resolve_tracking_uri
+
+    if out.suffix != ".h5ad":
+        raise StxError(f"{out}: the output file must end in .h5ad")
+    package = load_model_uri(model_uri, resolve_tracking_uri(tracking_uri))
+    n = predict_file(package, data_path, out, condition)
+    click.echo(f"Wrote {out}: {n} predicted cells from the control cells of {data_path} "
+               f"(model {model_uri}, variant {package.meta.get('variant')}); embeddings in "
+               f"obsm['{package.meta['embed_key']}'], source cell in obs['source_cell'].")
+
+
+# ---------------------------------------------------------------- ui
+
+
+@cli.command()
+@_tracking_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI on the same store `stx run` writes to."""
+    import subprocess
+
+    from stx.tracking.store import mask_secrets, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:", "/")):
+        raise StxError(f"{mask_secrets(uri)} is a tracking server already; open it in a browser")
+    click.echo(f"MLflow UI for {mask_secrets(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    try:
+        raise SystemExit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
 
 
 # ---------------------------------------------------------------- data

@@ -154,6 +154,9 @@ class TrackingConfig(_Section):
     """MLflow names (the tracking URI comes from the CLI or MLFLOW_TRACKING_URI)."""
 
     experiment: str | None = Field(None, description="default: the config file's folder name")
+    projection: Literal["umap", "pca"] = Field("umap", description="2-D map in plots/umap.png")
+    register_model: bool = Field(True, description="register the model as stx-<variant>")
+    output_dir: str = Field("stx_outputs", description="local run folders (checkpoints), from cwd")
 
     _none_if_empty = field_validator("experiment", mode="before")(_empty_to_none)
 

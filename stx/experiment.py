@@ -1,0 +1,253 @@
+"""`run_experiment(cfg, variant)`: the only place that wires config, data, model, training,
+tracking and evaluation together. `stx run` and `stx sweep` trials both call it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stx import __version__
+from stx.config import Config, flatten, to_toml
+from stx.data.load import CellTable, file_sha256, load_cells
+from stx.data.split import TEST, Split, make_split
+from stx.errors import StxError
+from stx.variants import Variant, resolve_variant
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "STX_RUN_DIR"  # tells DDP worker processes where rank 0 keeps checkpoints
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run produced."""
+
+    run_id: str
+    run_name: str
+    experiment: str
+    tracking_uri: str
+    artifact_uri: str
+    metrics: dict[str, float]
+    reference: dict[str, float]
+    model_version: str | None
+    variant: str
+    wall_time_s: float
+
+
+def _is_worker() -> bool:
+    """True in a DDP process other than rank 0 (Lightning starts them with LOCAL_RANK set)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _data_digest(table: CellTable) -> str:
+    digests = [file_sha256(f) for f in table.files]
+    if len(digests) == 1:
+        return digests[0]
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def build_model(cfg: Config, variant: Variant, table: CellTable) -> torch.nn.Module:
+    """Pretrained checkpoint -> new vocabularies -> fine-tuning modules -> freezing."""
+    from stx.model.adapt import adapt_to_data
+    from stx.model.checkpoint import load_pretrained
+    from stx.model.lora import apply_lora, freeze_for_finetuning
+
+    if variant.mhc or variant.velocity:
+        raise StxError(f"variant '{variant.name}' is not available in this version of stx yet; "
+                       f"use baseline or lora")
+    model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec)
+    if variant.lora:
+        apply_lora(model, cfg.model.lora)
+        freeze_for_finetuning(model)
+    else:
+        model.requires_grad_(False)
+    return model
+
+
+def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment: str | None = None,
+                   devices: int | None = None, progress: bool = True) -> RunSummary | None:
+    """Train (unless baseline), evaluate on the held-out split, and track everything.
+
+    Returns None in DDP worker processes, which only train.
+    """
+    import lightning as L
+
+    variant = resolve_variant(variant_name)
+    start = time.perf_counter()
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    table = load_cells(cfg)
+    split = make_split(table, cfg)
+    model = build_model(cfg, variant, table)
+
+    if _is_worker():
+        _train(cfg, model, table, split, Path(os.environ[RUN_DIR_ENV]), devices, None, progress=False)
+        return None
+
+    from stx.model.st import count_parameters
+    from stx.tracking.run import tracked_run
+
+    trainable, total = count_parameters(model)
+    experiment = experiment or cfg.experiment_name()
+    run_name = f"{variant.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    tags = {
+        "stx.variant": variant.name,
+        "stx.version": __version__,
+        "stx.dataset": ",".join(f.name for f in table.files),
+        "stx.data_sha256": _data_digest(table),
+        "stx.config": cfg.source,
+        "stx.split": split.mode,
+    }
+    where = Path(cfg.source).parent if not cfg.source.startswith("<") else Path.cwd()
+    if commit := _git_commit(where):
+        tags["stx.git_commit"] = commit
+    params = {**flatten(cfg), "variant": variant.name, "n_trainable_params": str(trainable),
+              "n_total_params": str(total)}
+
+    with tracked_run(tracking_uri, experiment, run_name, tags, params) as run:
+        out_dir = Path(cfg.tracking.output_dir).resolve() / run.run_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.environ[RUN_DIR_ENV] = str(out_dir)
+        from stx.tracking.buffer import MetricBuffer
+
+        buffer = MetricBuffer(sink=run.log_rows)
+        run.log_metrics({"trainable_fraction": trainable / total})
+        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train)
+        metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer,
+                                               fit_result, start)
+        version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
+        artifact_uri = run.artifact_uri()
+    return RunSummary(run.run_id, run_name, experiment, tracking_uri, artifact_uri, metrics, reference,
+                      version, variant.name, time.perf_counter() - start)
+
+
+def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
+           devices: int | None, buffer, progress: bool, train: bool = True):  # noqa: ANN001
+    from stx.tracking.buffer import MetricBuffer
+    from stx.train.fit import fit, make_loaders
+    from stx.train.module import STSystem
+
+    system = STSystem(model, cfg.trainer, buffer or MetricBuffer())
+    if not train:
+        _, val_loader = make_loaders(table, split, cfg.trainer)
+        if val_loader is not None:
+            with torch.no_grad():
+                losses = [system.shared_step(b)[0] for b in val_loader]
+            system.buffer.add("val/loss", torch.stack(losses).mean(), 0)
+            system.buffer.flush()
+        return None
+    return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress)
+
+
+def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result, start):  # noqa: ANN001
+    from stx.data.builtin import write_h5ad_atomic
+    from stx.evaluate.plots import plot_curves, plot_real_vs_predicted
+    from stx.evaluate.predict import predict_split
+    from stx.evaluate.report import evaluate, mean_shift_predictions, predictions_anndata, summarize
+    from stx.train.stability import stability_summary
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    preds = predict_split(model, table, split.mask(TEST), cfg.trainer.cell_set_len, device)
+    if preds.n == 0:
+        raise StxError("the test split has no group with both control and perturbed cells; "
+                       "lower data.test_fraction or use data.split = 'cell'")
+    by_group = evaluate(table, split, preds)
+    metrics = summarize(by_group)
+    reference = summarize(evaluate(table, split, mean_shift_predictions(table, split)), prefix="ref/mean_shift/")
+    summary = {**metrics, **reference}
+    summary.update(stability_summary(buffer.values("grad_norm/global"), buffer.values("train/loss")))
+    if fit_result is not None:
+        summary["train/wall_time_s"] = fit_result.wall_time_s
+        if np.isfinite(fit_result.best_val):
+            summary["val/best_loss"] = fit_result.best_val
+    summary["run/wall_time_s"] = time.perf_counter() - start
+    run.log_metrics(summary, step=fit_result.steps if fit_result else 0)
+
+    (out_dir / "config").mkdir(exist_ok=True)
+    (out_dir / "config" / "resolved.toml").write_text(to_toml(cfg))
+    run.log_artifact(out_dir / "config" / "resolved.toml", "config")
+    data_dir = out_dir / "data"
+    data_dir.mkdir(exist_ok=True)
+    split.frame(table).to_csv(data_dir / "split.csv", index=False)
+    run.log_artifact(data_dir / "split.csv", "data")
+
+    eval_dir = out_dir / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    by_group.to_csv(eval_dir / "metrics_by_group.csv", index=False)
+    run.log_artifact(eval_dir / "metrics_by_group.csv", "eval")
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    write_h5ad_atomic(predictions_anndata(table, preds, cfg.data), pred_dir / "predictions.h5ad")
+    run.log_artifact(pred_dir / "predictions.h5ad", "predictions")
+
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    if fit_result is None:  # baseline: the adapted pretrained weights are the checkpoint
+        torch.save({"state_dict": model.state_dict(), "stx_variant": variant.name}, ckpt_dir / "last.ckpt")
+    for name in ("last.ckpt", "best.ckpt"):
+        if (ckpt_dir / name).exists():
+            run.log_artifact(ckpt_dir / name, "checkpoints")
+
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    history = buffer.history
+    plot_curves(history, ["train/loss", "val/loss"], plots / "loss.png", f"{variant.name}: loss")
+    plot_curves(history, ["grad_norm/global"], plots / "grad_norm.png",
+                f"{variant.name}: global gradient norm (before clipping)", log_y=True)
+    test = split.mask(TEST)
+    ctrl = test & (table.pert == table.spec.control_index)
+    real = test & (table.pert != table.spec.control_index)
+    types = np.asarray(table.spec.cell_types)
+    plot_real_vs_predicted(
+        table.emb[ctrl], table.emb[real], preds.emb,
+        (types[table.cell_type[ctrl]], types[table.cell_type[real]], types[table.cell_type[preds.source]]),
+        (table.spec.control, "/".join(p for p in table.spec.perts if p != table.spec.control)),
+        plots / "umap.png", method=cfg.tracking.projection, seed=cfg.trainer.seed)
+    run.log_artifact(plots, "plots")
+    return metrics, reference
+
+
+def _register(cfg, variant, model, table, run, out_dir) -> str | None:  # noqa: ANN001
+    import mlflow
+
+    from stx.model.lora import merge_lora
+    from stx.model.package import save_package
+    from stx.tracking.pyfunc import ARTIFACT_KEY, MODEL_CODE
+
+    model = merge_lora(model.cpu().eval())
+    meta = {
+        "variant": variant.name, "cell_set_len": cfg.trainer.cell_set_len,
+        "embed_key": cfg.data.embed_key, "pert_col": cfg.data.pert_col,
+        "control_pert": cfg.data.control_pert, "cell_type_key": cfg.data.cell_type_key,
+        "batch_col": cfg.data.batch_col, "time_col": cfg.data.time_col, "stx_version": __version__,
+    }
+    package = save_package(model, meta, out_dir / "model_package")
+    name = f"stx-{variant.name}"
+    if mlflow.active_run() is None:
+        mlflow.start_run(run_id=run.run_id)  # ended by tracked_run with the final status
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+    info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={ARTIFACT_KEY: str(package)},
+                                   registered_model_name=name, pip_requirements=[f"stx=={__version__}"])
+    version = str(info.registered_model_version) if info.registered_model_version is not None else None
+    run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": info.model_uri})
+    return version

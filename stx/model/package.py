@@ -1,0 +1,74 @@
+"""A self-contained inference package: weights with LoRA merged, plus what predicting needs.
+
+Layout: `model.json` (ModelSpec, data vocabularies and column names, set length, variant)
+and `weights.pt` (state_dict). `stx predict` and the registered MLflow pyfunc load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stx.errors import StxError
+from stx.evaluate.predict import predict_sets
+from stx.model.st import ModelSpec, StateTransition
+
+FORMAT = "stx-inference/1"
+
+
+@dataclass
+class InferencePackage:
+    """A model ready to predict, and the metadata that says how to feed it."""
+
+    model: StateTransition
+    meta: dict[str, Any]
+
+    @property
+    def perts(self) -> list[str]:
+        """Perturbation vocabulary (index order)."""
+        return list(self.model.spec.pert_names)
+
+    def predict(self, emb: np.ndarray, condition: str, batches: np.ndarray | None = None,
+                device: str = "cpu") -> np.ndarray:
+        """Predicted embeddings [n, D] of control cells `emb` [n, D] under `condition`."""
+        if condition not in self.perts:
+            raise StxError(f"condition '{condition}' unknown to this model; it knows: {', '.join(self.perts)}")
+        spec = self.model.spec
+        if emb.ndim != 2 or emb.shape[1] != spec.input_dim:
+            raise StxError(f"expected control embeddings of shape [cells, {spec.input_dim}], got {emb.shape}")
+        codes = np.zeros(len(emb), np.int64)
+        if batches is not None and spec.batch_names:
+            index = {b: i for i, b in enumerate(spec.batch_names)}
+            codes = np.asarray([index.get(str(b), 0) for b in batches], np.int64)
+        return predict_sets(self.model.to(device), np.asarray(emb, np.float32), codes,
+                            self.perts.index(condition), int(self.meta["cell_set_len"]), device)
+
+
+def save_package(model: StateTransition, meta: dict[str, Any], out: Path) -> Path:
+    """Write `model` (LoRA already merged) and `meta` to the folder `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, out / "weights.pt")
+    (out / "model.json").write_text(json.dumps(
+        {"format": FORMAT, "spec": model.spec.to_dict(), **meta}, indent=2, default=str))
+    return out
+
+
+def load_package(path: Path) -> InferencePackage:
+    """Read a folder written by `save_package`."""
+    meta_path = path / "model.json"
+    if not meta_path.is_file():
+        raise StxError(f"{path}: not an stx model folder (no model.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise StxError(f"{meta_path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+    raw = meta.pop("spec")
+    spec = ModelSpec(**{**raw, "pert_names": tuple(raw["pert_names"]), "batch_names": tuple(raw["batch_names"])})
+    model = StateTransition(spec)
+    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    return InferencePackage(model.eval(), meta)

@@ -1,0 +1,145 @@
+"""The State Transition (ST) model: a bidirectional Llama over sets of cells.
+
+Same architecture and parameter names as Arc's arc-state `StateTransitionPerturbationModel`
+(so its checkpoints load unchanged), written for stx: plain `nn.Module`, no Lightning, no
+geomloss. Per set of S control cells:
+
+    h   = basal_encoder(ctrl) + pert_encoder(one_hot(pert)) [+ batch_encoder(batch)]   [B, S, H]
+    r   = backbone(h)        (Llama, no rotary embedding, every cell attends to every cell)
+    out = project_out(r + basal_encoder(ctrl))   if predict_residual else project_out(r)  [B, S, D]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from stx.data import keys
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "leakyrelu": nn.LeakyReLU,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes the shapes of an ST model (read from a checkpoint's config)."""
+
+    input_dim: int
+    output_dim: int
+    hidden_dim: int
+    pert_names: tuple[str, ...]
+    batch_names: tuple[str, ...] = ()
+    batch_encoder: bool = False
+    n_encoder_layers: int = 2
+    n_decoder_layers: int = 2
+    activation: str = "gelu"
+    dropout: float = 0.1
+    use_basal_projection: bool = True
+    predict_residual: bool = True
+    output_relu: bool = False
+    cell_set_len: int = 64
+    backbone: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pert_dim(self) -> int:
+        """Width of the perturbation one-hot."""
+        return len(self.pert_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for saving next to weights)."""
+        out = asdict(self)
+        out["pert_names"], out["batch_names"] = list(self.pert_names), list(self.batch_names)
+        return out
+
+
+def build_mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, dropout: float,
+              activation: type[nn.Module]) -> nn.Sequential:
+    """Linear -> act -> dropout blocks; layer indices match arc-state's `build_mlp`."""
+    if n_layers == 1:
+        return nn.Sequential(nn.Linear(in_dim, out_dim))
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), activation(), nn.Dropout(dropout)]
+    for _ in range(n_layers - 2):
+        layers += [nn.Linear(hidden_dim, hidden_dim), activation(), nn.Dropout(dropout)]
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class NoRoPE(nn.Module):
+    """Rotary embedding that does nothing (cos = 1, sin = 0): a set has no order."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s = x.shape[:2]
+        return x.new_ones(b, s, self.head_dim), x.new_zeros(b, s, self.head_dim)
+
+
+def build_backbone(kwargs: dict[str, Any], hidden_dim: int) -> nn.Module:
+    """A transformers `LlamaModel` without rotary embedding and with zeroed token embeddings."""
+    from transformers import LlamaConfig, LlamaModel
+
+    allowed = set(LlamaConfig().to_dict())
+    config = LlamaConfig(**{k: v for k, v in kwargs.items() if k in allowed}, hidden_size=hidden_dim)
+    config.use_cache = False
+    model = LlamaModel(config)
+    model.rotary_emb = NoRoPE(config.head_dim or hidden_dim // config.num_attention_heads)
+    model.embed_tokens.weight.requires_grad_(False)
+    with torch.no_grad():
+        model.embed_tokens.weight.zero_()
+    return model
+
+
+class StateTransition(nn.Module):
+    """ST over cell sets. `forward(batch)` returns predicted perturbed embeddings [B, S, D]."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        act = ACTIVATIONS[spec.activation.lower()]
+        h = spec.hidden_dim
+        self.pert_encoder = build_mlp(spec.pert_dim, h, h, spec.n_encoder_layers, spec.dropout, act)
+        if spec.use_basal_projection:
+            self.basal_encoder = build_mlp(spec.input_dim, h, h, spec.n_encoder_layers, spec.dropout, act)
+        else:
+            self.basal_encoder = nn.Linear(spec.input_dim, h)
+        self.transformer_backbone = build_backbone(spec.backbone, h)
+        self.project_out = build_mlp(h, spec.output_dim, h, spec.n_decoder_layers, spec.dropout, act)
+        self.batch_encoder = (
+            nn.Embedding(len(spec.batch_names), h) if spec.batch_encoder and spec.batch_names else None
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Predict the perturbed cells of each set.
+
+        `batch[CTRL_EMB]` [B, S, D_in]; `batch[PERT_INDEX]` [B] (one perturbation per set) or
+        [B, S]; `batch[BATCH_INDEX]` [B, S] when the model has a batch encoder.
+        """
+        ctrl = batch[keys.CTRL_EMB]
+        b, s, _ = ctrl.shape
+        pert = batch[keys.PERT_INDEX]
+        if pert.dim() == 1:
+            pert = pert[:, None].expand(b, s)
+        one_hot = nn.functional.one_hot(pert, self.spec.pert_dim).to(ctrl.dtype)
+        basal = self.basal_encoder(ctrl)
+        seq = basal + self.pert_encoder(one_hot)
+        if self.batch_encoder is not None:
+            seq = seq + self.batch_encoder(batch[keys.BATCH_INDEX])
+        # an all-zero additive 4-D mask makes attention bidirectional in every transformers
+        # version (arc-state's `_update_causal_mask` override no longer exists in 5.x)
+        mask = seq.new_zeros(b, 1, s, s)
+        hidden = self.transformer_backbone(inputs_embeds=seq, attention_mask=mask).last_hidden_state
+        out = self.project_out(hidden + basal if self.spec.predict_residual else hidden)
+        return torch.relu(out) if self.spec.output_relu else out
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,49 @@
+"""The registered model: an MLflow pyfunc around an stx inference package.
+
+`mlflow.pyfunc.load_model("models:/stx-lora/1").predict(frame)` takes a DataFrame with one
+row per control cell: the embedding in columns `0..D-1` (or a column `embedding` holding
+arrays) and the target condition in a column `condition` (optional `batch`), and returns a
+DataFrame of predicted embeddings in the same row order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from stx.errors import StxError
+from stx.model.package import InferencePackage, load_package
+
+ARTIFACT_KEY = "stx_model"
+# logged as "models from code" (no cloudpickle): this file only calls set_model(STPyfunc())
+MODEL_CODE = str(Path(__file__).with_name("pyfunc_model.py"))
+
+
+class STPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads the package once; predicts per condition, set by set."""
+
+    package: InferencePackage | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.package = load_package(Path(context.artifacts[ARTIFACT_KEY]))
+
+    # no type hints here: MLflow would turn them into a (wrong) input schema
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        frame = pd.DataFrame(model_input) if isinstance(model_input, dict) else model_input
+        if "condition" not in frame:
+            raise StxError("model input needs a 'condition' column with the target condition of each row")
+        if "embedding" in frame:
+            emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+        else:
+            emb = frame.drop(columns=[c for c in ("condition", "batch") if c in frame]).to_numpy(np.float32)
+        out = np.zeros_like(emb)
+        conditions = frame["condition"].astype(str).to_numpy()
+        batches = frame["batch"].astype(str).to_numpy() if "batch" in frame else None
+        for condition in np.unique(conditions):
+            rows = conditions == condition
+            out[rows] = self.package.predict(emb[rows], condition, None if batches is None else batches[rows])
+        return pd.DataFrame(out, index=frame.index)

@@ -1,0 +1,151 @@
+"""One MLflow run, opened and closed at the edge of the program.
+
+`tracked_run()` creates the run with its name and tags, logs the params once, and always
+ends it: FINISHED on success, FAILED (with the error logged) on an exception, KILLED on
+Ctrl-C or SIGTERM. Training code never talks to MLflow; it fills a MetricBuffer whose sink
+is `TrackedRun.log_rows` (batched `log_batch` calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from stx.errors import StxError
+from stx.tracking.store import default_artifact_root, mask_secrets
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass
+class TrackedRun:
+    """Handle of an open run: ids, and batched logging."""
+
+    client: object
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def log_rows(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Metrics as (key, value, step, timestamp ms), sent in as few calls as allowed."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, ts, s) for k, v, s, ts in rows]
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        """A few metrics at one step, in one call."""
+        import time
+
+        now = int(time.time() * 1000)
+        self.log_rows([(k, float(v), step, now) for k, v in values.items()])
+
+    def log_params(self, params: dict[str, str]) -> None:
+        """Params in batches of 100; values are masked and truncated to MLflow's limit."""
+        from mlflow.entities import Param
+
+        items = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags in one call."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, mask_secrets(str(v))) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload one file or directory."""
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def artifact_uri(self) -> str:
+        """Where this run's artifacts live."""
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+
+def ensure_experiment(client: object, name: str, uri: str) -> str:
+    """The id of experiment `name`, created on first use (race-safe)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # another process created it meanwhile
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _experiment_artifacts(uri: str, name: str) -> str | None:
+    root = default_artifact_root(uri)
+    return f"{root}/{name}" if root else None
+
+
+def connect(uri: str) -> object:
+    """An MlflowClient for `uri`, with a one-line error when the store cannot be reached."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)  # the fluent API (model logging) must agree with the client
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:
+        raise StxError(f"tracking store {mask_secrets(uri)} is not reachable "
+                       f"({err.__class__.__name__}: {mask_secrets(str(err)).splitlines()[0][:160]}); "
+                       f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    return client
+
+
+@contextmanager
+def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
+                params: dict[str, str]) -> Iterator[TrackedRun]:
+    """Open a run, yield its handle, and end it with the right status whatever happens."""
+    import mlflow
+
+    client = connect(uri)
+    experiment_id = ensure_experiment(client, experiment, uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={k: mask_secrets(v) for k, v in tags.items()})
+    handle = TrackedRun(client, run.info.run_id, experiment_id, uri)
+    status = "FAILED"
+    try:
+        handle.log_params(params)
+        yield handle
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        _record_error(handle, "interrupted by the user (Ctrl-C or SIGTERM)")
+        raise
+    except BaseException as err:
+        _record_error(handle, f"{err.__class__.__name__}: {err}", traceback.format_exc())
+        raise
+    finally:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == handle.run_id:
+            mlflow.end_run(status)
+        client.set_terminated(handle.run_id, status)
+
+
+def _record_error(handle: TrackedRun, message: str, trace: str | None = None) -> None:
+    try:
+        handle.set_tags({"stx.error": mask_secrets(message)[:5000]})
+        if trace:
+            handle.client.log_text(handle.run_id, mask_secrets(trace), "error/traceback.txt")
+    except Exception:  # the store itself may be what failed; the status update still follows
+        log.debug("could not record the error on run %s", handle.run_id, exc_info=True)

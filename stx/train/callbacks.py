@@ -1,0 +1,72 @@
+"""Lightning callbacks: gradient-norm monitoring, step timing, buffered metric flushing."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from stx.tracking.buffer import MetricBuffer
+
+
+def global_grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    """L2 norm over the gradients of all given parameters (0 when none has a gradient)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class GradNormMonitor(L.Callback):
+    """Logs `grad_norm/global` every step, before clipping (Lightning clips after this hook)."""
+
+    def __init__(self, buffer: MetricBuffer):
+        self.buffer = buffer
+        self._params: list[torch.nn.Parameter] | None = None
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self._params is None:
+            self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        if trainer.is_global_zero:
+            self.buffer.add("grad_norm/global", global_grad_norm(self._params), trainer.global_step)
+
+
+class StepTimer(L.Callback):
+    """Logs `step_time_s`: wall time from one optimizer step's end to the next."""
+
+    def __init__(self, buffer: MetricBuffer):
+        self.buffer = buffer
+        self._last: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last is not None and trainer.is_global_zero:
+            self.buffer.add("step_time_s", now - self._last, trainer.global_step - 1)
+        self._last = now
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last = None  # validation time is not a training step
+
+
+class FlushMetrics(L.Callback):
+    """Sends buffered metrics to the store every `every` steps and at the end."""
+
+    def __init__(self, buffer: MetricBuffer, every: int):
+        self.buffer = buffer
+        self.every = every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        if trainer.is_global_zero and trainer.global_step % self.every == 0:
+            self.buffer.flush()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.buffer.flush()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.buffer.flush()

@@ -1,0 +1,139 @@
+"""`fit()`: build the loaders and the Lightning Trainer, train, return what came out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from stx.config import TrainerConfig
+from stx.data.load import CellTable
+from stx.data.sampler import SetSampler
+from stx.data.split import TRAIN, VAL, Split
+from stx.train.callbacks import FlushMetrics, GradNormMonitor, StepTimer
+from stx.train.module import STSystem
+
+log = logging.getLogger(__name__)
+
+
+class _SetStream(IterableDataset):
+    """An endless stream of batches; each DDP rank draws with its own seed."""
+
+    def __init__(self, sampler: SetSampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        self.sampler.generator.manual_seed(self.seed + 7919 * rank)
+        return iter(self.sampler)
+
+
+def _progress_bar_class():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgress(RichProgressBar):
+        """Rich progress over optimizer steps (the stream has no epochs to count)."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "training"
+
+    return StepProgress
+
+
+def _StepProgress(**kwargs):
+    return _progress_bar_class()(**kwargs)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Where the checkpoints are and how long training took."""
+
+    last_ckpt: Path | None
+    best_ckpt: Path | None
+    best_val: float
+    wall_time_s: float
+    steps: int
+
+
+def precision_for(setting: str) -> str:
+    """`auto` -> bf16 mixed precision on a GPU, full precision on CPU."""
+    if setting == "auto":
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    return "32-true" if setting == "32" else setting
+
+
+def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig) -> tuple[DataLoader, DataLoader | None]:
+    """The training stream and the fixed validation batches."""
+    train = SetSampler(table, split.mask(TRAIN), tcfg.batch_size, tcfg.cell_set_len, seed=tcfg.seed)
+    train_loader = DataLoader(_SetStream(train, tcfg.seed), batch_size=None, num_workers=0)
+    val_loader = None
+    if np.any(split.mask(VAL)):
+        try:
+            val = SetSampler(table, split.mask(VAL), tcfg.batch_size, tcfg.cell_set_len, seed=10_000 + tcfg.seed)
+            val_loader = DataLoader(val.fixed_batches(tcfg.val_batches), batch_size=None, num_workers=0)
+        except ValueError:
+            log.warning("the validation split has no group with both control and perturbed cells: "
+                        "no val/loss will be logged")
+    return train_loader, val_loader
+
+
+def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, out_dir: Path,
+        devices: int | None = None, resume_from: Path | None = None, progress: bool = True) -> FitResult:
+    """Train `system` for `tcfg.max_steps` steps; checkpoints go to `out_dir/checkpoints`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # Lightning's own INFO lines (GPU available, tips) would repeat what stx reports
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    train_loader, val_loader = make_loaders(table, split, tcfg)
+    ckpt_dir = out_dir / "checkpoints"
+    periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
+                               every_n_train_steps=tcfg.checkpoint_every_n_steps, auto_insert_metric_name=False)
+    callbacks: list[L.Callback] = [GradNormMonitor(system.buffer), StepTimer(system.buffer),
+                                   FlushMetrics(system.buffer, tcfg.log_every_n_steps), periodic]
+    best = None
+    if val_loader is not None:
+        best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+                               save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+        callbacks.append(best)
+    if progress:
+        callbacks.append(_StepProgress(leave=True))
+    n_devices = devices or tcfg.devices
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    strategy = tcfg.strategy
+    if strategy == "auto" and n_devices > 1:
+        strategy = "ddp"
+    trainer = L.Trainer(
+        max_steps=tcfg.max_steps,
+        accelerator=accelerator,
+        devices=n_devices,
+        strategy=strategy,
+        precision=precision_for(tcfg.precision),
+        gradient_clip_val=tcfg.grad_clip,
+        val_check_interval=tcfg.val_every_n_steps if val_loader is not None else None,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        limit_val_batches=len(val_loader) if val_loader is not None else 0,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+        use_distributed_sampler=False,
+        deterministic=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                ckpt_path=str(resume_from) if resume_from else None)
+    wall = time.perf_counter() - start
+    last = ckpt_dir / "last.ckpt"
+    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+    return FitResult(last if last.exists() else None, best_path, system.best_val, wall, trainer.global_step)

@@ -1,0 +1,113 @@
+"""The Lightning system: one shared step for train and val, the optimizer, the schedule.
+
+Model code stays plain PyTorch (`stx.model`); auxiliary losses arrive as named terms
+(`LossTerm`), each logged as `f"{stage}/{name}"`. Metrics go into a `MetricBuffer`, never
+straight to the tracking store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from stx.config import TrainerConfig
+from stx.data import keys
+from stx.model.losses import energy_loss
+from stx.tracking.buffer import MetricBuffer
+
+# (pred, batch, step) -> (loss, extra metrics); its weight schedule is the term's business
+AuxLoss = Callable[[torch.Tensor, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A named auxiliary loss added to the energy distance."""
+
+    name: str
+    fn: AuxLoss
+
+
+def no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms and mHC coefficients are kept out of weight decay (decay would pull
+    mHC's H matrices away from their identity-preserving init)."""
+    return param.ndim < 2 or ".mhc." in name or "norm" in name
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 10%."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class STSystem(L.LightningModule):
+    """Trains a StateTransition with the energy distance plus optional auxiliary terms."""
+
+    def __init__(self, model: nn.Module, tcfg: TrainerConfig, buffer: MetricBuffer,
+                 aux: tuple[LossTerm, ...] = ()):
+        super().__init__()
+        self.model = model
+        self.tcfg = tcfg
+        self.buffer = buffer
+        self.aux = aux
+        self._val_losses: list[torch.Tensor] = []
+        self.best_val = float("inf")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Predicted perturbed embeddings [B, S, D]."""
+        return self.model(batch)
+
+    def shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its named terms for one batch."""
+        pred = self.model(batch)
+        energy = energy_loss(pred, batch[keys.PERT_CELL_EMB])
+        terms = {"energy_loss": energy}
+        total = energy
+        for term in self.aux:
+            value, extra = term.fn(pred, batch, self.global_step)
+            total = total + value
+            terms.update(extra)
+        terms["loss"] = total
+        return total, terms
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, terms = self.shared_step(batch)
+        step = self.global_step
+        if self.trainer.is_global_zero:
+            self.buffer.add_many({f"train/{k}": v for k, v in terms.items()}, step)
+            self.buffer.add("lr", self.optimizers().param_groups[0]["lr"], step)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _ = self.shared_step(batch)
+        self._val_losses.append(loss.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_losses:
+            return
+        value = torch.stack(self._val_losses).mean()
+        self._val_losses.clear()
+        # reduced across ranks so every process agrees on the best checkpoint
+        self.log("val/loss", value, sync_dist=True, prog_bar=True, logger=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self.buffer.add("val/loss", value, self.global_step)
+            self.best_val = min(self.best_val, float(value))
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's contract
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": self.tcfg.weight_decay},
+            {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.tcfg.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.tcfg.lr_warmup_steps, self.tcfg.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stx.config import LoraConfig
+from stx.errors import StxError
+from stx.model.lora import apply_lora, freeze_for_finetuning, merge_lora
+from stx.model.st import count_parameters
+from tests.model.test_st import batch, tiny
+
+
+def test_lora_at_init_equals_pretrained_and_freezes_the_rest():
+    model = tiny()
+    before = model(batch())
+    apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    freeze_for_finetuning(model)
+    model.eval()
+    torch.testing.assert_close(model(batch()), before, atol=1e-6, rtol=0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("pert_encoder.") for n in trainable)
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    # r x (in + out) per adapted projection: 4 projections x 2 layers x 4 x (32 + 32)
+    assert n_lora == 4 * 2 * 4 * (32 + 32)
+    assert count_parameters(model)[0] == n_lora + sum(p.numel() for p in model.pert_encoder.parameters())
+
+
+def test_only_trainable_params_move_after_a_step():
+    model = tiny()
+    apply_lora(model, LoraConfig(r=4, dropout=0.0))
+    freeze_for_finetuning(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(batch()).pow(2).mean().backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_merge_folds_adapters_in():
+    model = tiny()
+    apply_lora(model, LoraConfig(r=4, dropout=0.0))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)
+    model.eval()
+    y = model(batch())
+    merge_lora(model)
+    assert not any("lora_" in k for k in model.state_dict())
+    torch.testing.assert_close(model(batch()), y, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_target_module():
+    with pytest.raises(StxError, match="model.lora.target_modules: qkv_proj not in the backbone"):
+        apply_lora(tiny(), LoraConfig(target_modules=("qkv_proj",)))

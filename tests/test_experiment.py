@@ -1,0 +1,173 @@
+"""End to end through the CLI on the demo data: MLflow records, artifacts, registry, predict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from stx.cli import cli
+
+FAST = ["--set", "trainer.max_steps=12", "--set", "trainer.val_every_n_steps=6", "--set", "trainer.batch_size=4",
+        "--set", "trainer.cell_set_len=16", "--set", "tracking.projection=pca", "--set", "trainer.log_every_n_steps=5",
+        "--set", "trainer.checkpoint_every_n_steps=6"]
+ARTIFACTS = ["config/resolved.toml", "checkpoints/last.ckpt", "predictions/predictions.h5ad",
+             "eval/metrics_by_group.csv", "plots/loss.png", "plots/grad_norm.png", "plots/umap.png", "data/split.csv"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, demo_path):
+    path = tmp_path_factory.mktemp("work")
+    config = path / "config.toml"
+    config.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n'
+                      '[model.velocity]\nvelocity_key = "velocity_state"\n')
+    return path
+
+
+def _store(workdir):
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlruns/mlflow.db")
+
+
+def _run(workdir, monkeypatch, *args):
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return CliRunner().invoke(cli, ["run", "--config", str(workdir / "config.toml"), *FAST, *args])
+
+
+def _artifacts(client, run_id, path=""):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_run(workdir):
+    mp = pytest.MonkeyPatch()
+    result = _run(workdir, mp, "--variant", "lora", "--seed", "3")
+    mp.undo()
+    assert result.exit_code == 0, result.output
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name(workdir.name).experiment_id],
+                             "tags.`stx.variant` = 'lora'")[0]
+    return result, client, run
+
+
+def test_lora_run_is_tracked_completely(lora_run, workdir):
+    result, client, run = lora_run
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("lora-")
+    assert f"Run {run.info.run_name} ({run.info.run_id}) finished" in result.output
+    assert "Registered as models:/stx-lora/1" in result.output
+    tags = run.data.tags
+    assert tags["stx.variant"] == "lora" and tags["stx.dataset"] == "demo.h5ad"
+    assert len(tags["stx.data_sha256"]) == 64 and tags["stx.version"]
+    params = run.data.params
+    assert params["model.lora.r"] == "16" and params["trainer.seed"] == "3" and params["variant"] == "lora"
+    assert int(params["n_trainable_params"]) < int(params["n_total_params"])
+    metrics = run.data.metrics
+    for key in ("train/loss", "train/energy_loss", "val/loss", "lr", "grad_norm/global", "step_time_s",
+                "grad_norm/median", "grad_norm/max", "grad_norm/cv", "grad_norm/spikes", "loss/spikes",
+                "trainable_fraction", "eval/pearson_delta", "eval/energy_ratio", "eval/direction_cos",
+                "eval/magnitude_ratio", "eval/temporal_coherence", "ref/mean_shift/pearson_delta"):
+        assert key in metrics, key
+    assert 0 < metrics["trainable_fraction"] < 0.2
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == list(range(12))
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert set(ARTIFACTS) <= set(_artifacts(client, run.info.run_id))
+
+
+def test_predictions_artifact_layout(lora_run, workdir, demo_adata):
+    _, client, run = lora_run
+    local = client.download_artifacts(run.info.run_id, "predictions/predictions.h5ad", str(workdir))
+    pred = ad.read_h5ad(local)
+    assert pred.obsm["X_state"].shape[1] == 64
+    assert {"source_cell", "cell_types_simple_short", "day", "mouse_id", "condition"} <= set(pred.obs)
+    assert set(pred.obs["condition"]) == {"Burn"}
+    source = demo_adata.obs.loc[pred.obs["source_cell"]]
+    assert (source["condition"] == "Sham").all()
+    np.testing.assert_array_equal(source["cell_types_simple_short"].astype(str), pred.obs["cell_types_simple_short"].astype(str))
+
+
+def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, demo_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    _, client, run = lora_run
+    version = client.get_model_version("stx-lora", "1")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/stx-lora/1")
+    emb = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
+    frame = pd.DataFrame(emb)
+    frame["condition"] = "Burn"
+    out = model.predict(frame)
+    assert out.shape == (20, 64) and np.isfinite(out.to_numpy()).all()
+
+    monkeypatch.chdir(workdir)
+    result = CliRunner().invoke(cli, ["predict", "--model", "models:/stx-lora/1", "--data", str(demo_path),
+                                      "--out", str(workdir / "pred.h5ad")])
+    assert result.exit_code == 0, result.output
+    pred = ad.read_h5ad(workdir / "pred.h5ad")
+    assert pred.n_obs == int((ad.read_h5ad(demo_path).obs["condition"] == "Sham").sum())
+    result = CliRunner().invoke(cli, ["predict", "--model", run.info.run_id, "--data", str(demo_path),
+                                      "--out", str(workdir / "pred2.h5ad"), "--condition", "Fire"])
+    assert result.exit_code == 2 and "condition 'Fire' unknown to this model" in result.output
+    assert not (workdir / "pred2.h5ad").exists()
+
+
+def test_baseline_evaluates_without_training(workdir, monkeypatch):
+    result = _run(workdir, monkeypatch, "--variant", "baseline")
+    assert result.exit_code == 0, result.output
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name(workdir.name).experiment_id],
+                             "tags.`stx.variant` = 'baseline'")[0]
+    assert run.info.status == "FINISHED"
+    assert "train/loss" not in run.data.metrics and "eval/energy_ratio" in run.data.metrics
+    assert run.data.params["n_trainable_params"] == "0"
+    assert set(ARTIFACTS) <= set(_artifacts(client, run.info.run_id))
+
+
+def test_failure_mid_training_ends_the_run_failed(workdir, monkeypatch):
+    from stx.train.module import STSystem
+
+    def boom(self, batch, batch_idx):
+        if self.global_step >= 3:
+            raise RuntimeError("loss became NaN at step 3")
+        return STSystem.shared_step(self, batch)[0]
+
+    monkeypatch.setattr(STSystem, "training_step", boom)
+    result = _run(workdir, monkeypatch, "--variant", "lora", "--experiment", "failing")
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: loss became NaN at step 3" in result.output
+    client = _store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "loss became NaN" in runs[0].data.tags["stx.error"]
+
+
+def test_user_errors_leave_no_run(workdir, monkeypatch):
+    result = _run(workdir, monkeypatch, "--variant", "lora-mch")
+    assert result.exit_code == 2 and "unknown variant 'lora-mch'" in result.output
+    result = _run(workdir, monkeypatch, "--variant", "lora", "--set", "data.embed_key=truth_velocity",
+                  "--set", "model.lora.target_modules=[\"qkv\"]", "--experiment", "bad")
+    assert result.exit_code == 2 and "model.lora.target_modules: qkv not in the backbone" in result.output
+    assert _store(workdir).get_experiment_by_name("bad") is None
+
+
+def test_ddp_two_cpu_processes_log_once(workdir, demo_path):
+    cmd = [sys.executable, "-m", "stx", "run", "--variant", "lora", "--devices", "2", "--config",
+           str(workdir / "config.toml"), *FAST, "--set", "tracking.register_model=false", "--experiment", "ddp"]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = _store(workdir)
+    runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == list(range(12))

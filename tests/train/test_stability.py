@@ -1,0 +1,32 @@
+import math
+
+import pytest
+
+from stx.train.module import warmup_cosine
+from stx.train.stability import coefficient_of_variation, count_spikes, stability_summary
+
+
+def test_spikes_are_counted_against_the_rolling_median():
+    values = [1.0] * 50 + [6.0] + [1.0] * 50 + [4.0]
+    assert count_spikes(values) == 1  # 6 > 5 x 1, 4 is not
+    assert count_spikes([1.0, 100.0]) == 1
+    assert count_spikes([]) == 0
+
+
+def test_cv_uses_the_last_half():
+    assert coefficient_of_variation([100.0, 1.0, 2.0, 2.0, 2.0]) == pytest.approx(0.0)
+    assert coefficient_of_variation([1.0, 1.0, 1.0, 3.0]) == pytest.approx(0.5)
+
+
+def test_summary_keys():
+    out = stability_summary([1.0, 2.0, 3.0, 50.0], [1.0, 1.0, 1.0, 1.0])
+    assert out["grad_norm/max"] == 50.0 and out["grad_norm/median"] == 2.5
+    assert out["grad_norm/spikes"] == 1.0 and out["loss/spikes"] == 0.0
+    assert stability_summary([], []) == {}
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
