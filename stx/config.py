@@ -9,6 +9,7 @@ through exactly the same checks as the file.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -76,7 +77,8 @@ class LoraConfig(_Section):
     alpha: PositiveFloat = Field(32, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     target_modules: tuple[str, ...] = Field(
-        ("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1, description="module suffixes"
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        min_length=1, description="backbone modules that get adapters (attention and MLP)",
     )
 
 
@@ -116,6 +118,9 @@ class ModelConfig(_Section):
     """The pretrained checkpoint and the hyperparameters of each fine-tuning module."""
 
     checkpoint: str = Field("stx-mini", description='arc-state run dir, or "stx-mini" (shipped)')
+    output_relu: Literal["auto"] | bool = Field(
+        "auto", description="ReLU on predictions: auto = as the checkpoint was trained (arc-state: on)"
+    )
     lora: LoraConfig = LoraConfig()
     mhc: MhcConfig = MhcConfig()
     velocity: VelocityConfig = VelocityConfig()
@@ -273,19 +278,31 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+_UNION_TAGS = re.compile(r"^(bool|int|float|str|literal\[.*\]|function-.*|tuple\[.*\]|list\[.*\])$")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic adds the union member tried ("bool", "literal['auto']") to the location
+    return tuple(p for p in loc if not (isinstance(p, str) and _UNION_TAGS.match(p)))
+
+
 def describe_validation_error(err: ValidationError) -> str:
     """One line for the first problem pydantic found, with a suggestion for unknown keys."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
+    errors = err.errors()
+    first = errors[0]
+    loc_parts = _clean_loc(first["loc"])
+    loc = ".".join(str(p) for p in loc_parts)
+    same = [e for e in errors if _clean_loc(e["loc"]) == loc_parts]
+    others = len(errors) - len(same)
+    more = f" (and {others} more problem(s))" if others else ""
     if first["type"] == "extra_forbidden":
-        parent = ".".join(str(p) for p in first["loc"][:-1])
-        return f"unknown key '{loc}'{_suggest_key(parent, str(first['loc'][-1]))}{more}"
+        parent = ".".join(str(p) for p in loc_parts[:-1])
+        return f"unknown key '{loc}'{_suggest_key(parent, str(loc_parts[-1]))}{more}"
     if first["type"] == "missing":
         return f"missing required key '{loc}'{more}"
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    message = first["msg"].removeprefix("Value error, ")
+    message = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in same))
     return f"{loc}: {message}{shown}{more}" if loc else f"{message}{more}"
 
 
@@ -375,3 +392,17 @@ def _drop_none(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _drop_none(v) for k, v in node.items() if v is not None}
     return node
+
+
+def keys_markdown(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Rows `| key | default | meaning |` for every leaf key (docs/configuration.md)."""
+    rows: list[str] = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            rows += keys_markdown(sub, f"{key}.")
+        elif key not in ("datasets", "training"):
+            default = list(field.default) if isinstance(field.default, tuple) else field.default
+            rows.append(f"| `{key}` | `{default!r}` | {field.description or ''} |".replace("'", '"'))
+    return rows

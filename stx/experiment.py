@@ -73,7 +73,8 @@ def build_model(cfg: Config, variant: Variant, table: CellTable) -> torch.nn.Mod
     if variant.mhc or variant.velocity:
         raise StxError(f"variant '{variant.name}' is not available in this version of stx yet; "
                        f"use baseline or lora")
-    model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec)
+    relu = None if cfg.model.output_relu == "auto" else bool(cfg.model.output_relu)
+    model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu)
     if variant.lora:
         apply_lora(model, cfg.model.lora)
         freeze_for_finetuning(model)

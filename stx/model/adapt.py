@@ -37,8 +37,11 @@ def _remap_columns(old: torch.Tensor, old_names: tuple[str, ...], new_names: tup
     return out, reused
 
 
-def adapt_to_data(pretrained: Pretrained, data: DataSpec) -> StateTransition:
-    """A copy of the pretrained model with input layers for `data`'s vocabularies."""
+def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | None = None) -> StateTransition:
+    """A copy of the pretrained model with input layers for `data`'s vocabularies.
+
+    `output_relu` overrides the checkpoint's output clipping (None keeps it).
+    """
     spec = pretrained.spec
     where = pretrained.source
     key = "X" if data.embed_key == "X" else f"obsm['{data.embed_key}']"
@@ -47,8 +50,8 @@ def adapt_to_data(pretrained: Pretrained, data: DataSpec) -> StateTransition:
                        f"{spec.input_dim} (data.embed_key / model.checkpoint)")
     if spec.output_dim != data.embed_dim:
         raise StxError(f"the checkpoint {where} predicts {spec.output_dim} dims but {key} has {data.embed_dim}")
-    new_spec = replace(spec, pert_names=data.perts,
-                       batch_names=data.batches if spec.batch_encoder else ())
+    new_spec = replace(spec, pert_names=data.perts, batch_names=data.batches if spec.batch_encoder else (),
+                       output_relu=spec.output_relu if output_relu is None else output_relu)
     model = StateTransition(new_spec)
     old_state = pretrained.model.state_dict()
     new_state = model.state_dict()

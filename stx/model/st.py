@@ -84,7 +84,7 @@ def build_backbone(kwargs: dict[str, Any], hidden_dim: int) -> nn.Module:
     """A transformers `LlamaModel` without rotary embedding and with zeroed token embeddings."""
     from transformers import LlamaConfig, LlamaModel
 
-    allowed = set(LlamaConfig().to_dict())
+    allowed = set(LlamaConfig().to_dict()) - {"hidden_size"}
     config = LlamaConfig(**{k: v for k, v in kwargs.items() if k in allowed}, hidden_size=hidden_dim)
     config.use_cache = False
     model = LlamaModel(config)

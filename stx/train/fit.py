@@ -86,8 +86,13 @@ def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig) -> tuple[D
 
 
 def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, out_dir: Path,
-        devices: int | None = None, resume_from: Path | None = None, progress: bool = True) -> FitResult:
-    """Train `system` for `tcfg.max_steps` steps; checkpoints go to `out_dir/checkpoints`."""
+        devices: int | None = None, resume_from: Path | None = None, progress: bool = True,
+        monitor: bool = True, extra_callbacks: tuple[L.Callback, ...] = ()) -> FitResult:
+    """Train `system` for `tcfg.max_steps` steps; checkpoints go to `out_dir/checkpoints`.
+
+    `monitor=False` drops the grad-norm, timing and flushing callbacks (benchmarks measure
+    their cost this way).
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     # Lightning's own INFO lines (GPU available, tips) would repeat what stx reports
@@ -97,8 +102,10 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
     ckpt_dir = out_dir / "checkpoints"
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
                                every_n_train_steps=tcfg.checkpoint_every_n_steps, auto_insert_metric_name=False)
-    callbacks: list[L.Callback] = [GradNormMonitor(system.buffer), StepTimer(system.buffer),
-                                   FlushMetrics(system.buffer, tcfg.log_every_n_steps), periodic]
+    callbacks: list[L.Callback] = [periodic, *extra_callbacks]
+    if monitor:
+        callbacks += [GradNormMonitor(system.buffer), StepTimer(system.buffer),
+                      FlushMetrics(system.buffer, tcfg.log_every_n_steps)]
     best = None
     if val_loader is not None:
         best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",

@@ -20,8 +20,8 @@ def test_lora_at_init_equals_pretrained_and_freezes_the_rest():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in n or n.startswith("pert_encoder.") for n in trainable)
     n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    # r x (in + out) per adapted projection: 4 projections x 2 layers x 4 x (32 + 32)
-    assert n_lora == 4 * 2 * 4 * (32 + 32)
+    # r x (in + out) per adapted projection, 2 layers: q, k, v, o (32 -> 32) and gate, up (32 -> 64), down
+    assert n_lora == 2 * 4 * (4 * (32 + 32) + 2 * (32 + 64) + (64 + 32))
     assert count_parameters(model)[0] == n_lora + sum(p.numel() for p in model.pert_encoder.parameters())
 
 

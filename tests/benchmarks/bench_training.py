@@ -1,0 +1,158 @@
+"""Training-step benchmark, measured side by side in one run on the demo data.
+
+    python tests/benchmarks/bench_training.py [--steps 300]
+    STX_BENCH_ARC_STATE=/path/to/arc-venv/bin/python python tests/benchmarks/bench_training.py
+
+Prints
+ (a) median step time with full tracking (buffered metrics to a real MLflow sqlite store,
+     grad-norm monitor, step timer) divided by the median step time with tracking off
+     (goal <= 1.03); the two configurations alternate in blocks to share the machine's noise;
+ (b) when STX_BENCH_ARC_STATE names a Python with arc-state installed: stx's median step
+     time (forward, energy loss, backward, AdamW) divided by arc-state's for the same model
+     size, batch and set length (goal <= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from stx.config import load_config
+from stx.data.load import load_cells
+from stx.data.split import make_split
+from stx.experiment import build_model
+from stx.tracking.buffer import MetricBuffer
+from stx.train.fit import fit
+from stx.train.module import STSystem
+from stx.variants import resolve_variant
+
+
+class _Clock(L.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args, **kwargs):
+        self.times.append(time.perf_counter())
+
+    def median_step(self) -> float:
+        return statistics.median(np.diff(self.times[5:]))
+
+
+def _fit_block(cfg, table, split, out: Path, tracked: bool, uri: str | None) -> float:
+    """Median step time of one training run, with full tracking or with none."""
+    model = build_model(cfg, resolve_variant("lora"), table)
+    clock = _Clock()
+    if tracked:
+        from stx.tracking.run import tracked_run
+
+        with tracked_run(uri, "bench", "bench", {}, {}) as run:
+            system = STSystem(model, cfg.trainer, MetricBuffer(sink=run.log_rows))
+            fit(system, table, split, cfg.trainer, out, progress=False, extra_callbacks=(clock,))
+    else:
+        system = STSystem(model, cfg.trainer, MetricBuffer())
+        fit(system, table, split, cfg.trainer, out, progress=False, monitor=False, extra_callbacks=(clock,))
+    return clock.median_step()
+
+
+ARC_SCRIPT = textwrap.dedent('''
+    import json, statistics, sys, time, torch
+    from state.tx.models.state_transition import StateTransitionPerturbationModel
+    steps, B, S, D, P = map(int, sys.argv[1:6])
+    torch.manual_seed(0)
+    bb = {"bidirectional_attention": True, "max_position_embeddings": S, "hidden_size": 128,
+          "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+          "head_dim": 32, "use_cache": False, "vocab_size": 32}
+    m = StateTransitionPerturbationModel(input_dim=D, output_dim=D, pert_dim=P, batch_dim=None, gene_dim=D,
+        hvg_dim=D, embed_key="X_state", output_space="embedding", gene_names=None, batch_size=B,
+        control_pert="c", basal_mapping_strategy="random", lr=1e-4, hidden_dim=128, cell_set_len=S,
+        n_encoder_layers=2, n_decoder_layers=2, use_basal_projection=True, predict_residual=True,
+        transformer_backbone_key="llama", transformer_backbone_kwargs=bb, loss="energy",
+        distributional_loss="energy", gene_decoder_bool=False, dropout=0.0)
+    m.log = lambda *a, **k: None
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    eye = torch.eye(P)
+    times = []
+    for i in range(steps):
+        batch = {"ctrl_cell_emb": torch.randn(B * S, D), "pert_cell_emb": torch.randn(B * S, D),
+                 "pert_emb": eye[torch.randint(0, P, (B,))].repeat_interleave(S, 0)}
+        t = time.perf_counter()
+        loss = m.training_step(batch, i)
+        opt.zero_grad(); loss.backward(); opt.step()
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"median": statistics.median(times[5:])}))
+''')
+
+
+def _stx_plain_steps(steps: int, b: int, s: int, d: int, p: int) -> float:
+    from stx.data import keys
+    from stx.model.losses import energy_loss
+    from stx.model.st import ModelSpec, StateTransition
+
+    torch.manual_seed(0)
+    spec = ModelSpec(input_dim=d, output_dim=d, hidden_dim=128, pert_names=tuple(map(str, range(p))), dropout=0.0,
+                     backbone={"intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+                               "num_key_value_heads": 4, "head_dim": 32, "vocab_size": 32})
+    model = StateTransition(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps):
+        batch = {keys.CTRL_EMB: torch.randn(b, s, d), keys.PERT_INDEX: torch.randint(0, p, (b,))}
+        target = torch.randn(b, s, d)
+        t = time.perf_counter()
+        loss = energy_loss(model(batch), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[5:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="stx training-step benchmark")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--blocks", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("STX_CACHE_DIR", str(Path(tmp) / "cache"))
+        cfg = load_config(None, [f"trainer.max_steps={args.steps}", "trainer.val_every_n_steps=100000",
+                                 "trainer.checkpoint_every_n_steps=100000", "trainer.log_every_n_steps=10"])
+        table = load_cells(cfg)
+        split = make_split(table, cfg)
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        tracked, plain = [], []
+        for block in range(args.blocks):
+            plain.append(_fit_block(cfg, table, split, Path(tmp) / f"p{block}", False, None))
+            tracked.append(_fit_block(cfg, table, split, Path(tmp) / f"t{block}", True, uri))
+        t_on, t_off = statistics.median(tracked), statistics.median(plain)
+        print(f"(a) step time, tracking on / off: {t_on * 1e3:.2f} ms / {t_off * 1e3:.2f} ms = "
+              f"{t_on / t_off:.3f}  (goal <= 1.03; {args.steps} steps x {args.blocks} blocks, "
+              f"batch {cfg.trainer.batch_size} x {cfg.trainer.cell_set_len} cells)")
+
+    arc = os.environ.get("STX_BENCH_ARC_STATE")
+    b, s, d, p = cfg.trainer.batch_size, cfg.trainer.cell_set_len, table.spec.embed_dim, 13
+    if not arc:
+        print("(b) skipped: set STX_BENCH_ARC_STATE to a Python with arc-state installed")
+        return
+    ours = _stx_plain_steps(120, b, s, d, p)
+    out = subprocess.run([arc, "-c", ARC_SCRIPT, "120", str(b), str(s), str(d), str(p)], capture_output=True,
+                         text=True, check=True)
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])["median"]
+    print(f"(b) step time, stx / arc-state (hidden 128, 4 layers, batch {b} x {s} cells): "
+          f"{ours * 1e3:.2f} ms / {theirs * 1e3:.2f} ms = {ours / theirs:.3f}  (goal <= 1.0)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
