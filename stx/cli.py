@@ -174,19 +174,16 @@ def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, t
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
 def ui(tracking_uri: str | None, host: str, port: int) -> None:
     """Start the MLflow UI on the same store `stx run` writes to."""
-    import subprocess
-
     from stx.tracking.store import mask_secrets, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:", "/")):
         raise StxError(f"{mask_secrets(uri)} is a tracking server already; open it in a browser")
     click.echo(f"MLflow UI for {mask_secrets(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    sys.stdout.flush()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    try:
-        raise SystemExit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise SystemExit(0) from None
+    # become the server, so Ctrl-C and SIGTERM reach it directly
+    os.execv(sys.executable, cmd)
 
 
 # ---------------------------------------------------------------- data

@@ -171,3 +171,73 @@ def test_ddp_two_cpu_processes_log_once(workdir, demo_path):
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == list(range(12))
+
+
+def _wait_for(predicate, timeout=120.0, every=0.5):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_sigterm_ends_the_run_killed(workdir):
+    import os
+    import signal
+
+    cmd = [sys.executable, "-m", "stx", "run", "--variant", "lora", "--config", str(workdir / "config.toml"), *FAST,
+           "--set", "trainer.max_steps=100000", "--experiment", "killed"]
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    client = _store(workdir)
+
+    def training():
+        exp = client.get_experiment_by_name("killed")
+        if exp is None:
+            return False
+        runs = client.search_runs([exp.experiment_id])
+        return bool(runs) and "train/loss" in runs[0].data.metrics
+
+    try:
+        assert _wait_for(training), "the run never started training"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-2000:]
+    run = client.search_runs([client.get_experiment_by_name("killed").experiment_id])[0]
+    assert run.info.status == "KILLED"
+
+
+def test_ui_serves_the_same_store(workdir):
+    import os
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "stx", "ui", "--port", str(port)], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    (workdir / "mlruns").mkdir(exist_ok=True)
+    _store(workdir).create_experiment("seen-by-ui")
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=seen-by-ui"
+
+    def answers():
+        try:
+            return urllib.request.urlopen(url, timeout=2).status == 200
+        except OSError:
+            return False
+
+    try:
+        assert _wait_for(answers, timeout=90), "the UI did not answer"
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert '"name": "seen-by-ui"' in body
+    finally:
+        os.killpg(proc.pid, 15)  # the server and its workers
+        out = proc.communicate(timeout=30)[0]
+    assert f"MLflow UI for sqlite:///{workdir}/mlruns/mlflow.db at http://127.0.0.1:{port}" in out

@@ -138,8 +138,14 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
         deterministic=False,
     )
     start = time.perf_counter()
-    trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(system, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                    ckpt_path=str(resume_from) if resume_from else None)
+    except SystemExit:
+        # Lightning turns Ctrl-C/SIGTERM into sys.exit(1); the run must end KILLED, not FAILED
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     wall = time.perf_counter() - start
     last = ckpt_dir / "last.ckpt"
     best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
