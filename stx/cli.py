@@ -165,6 +165,39 @@ def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, t
                f"obsm['{package.meta['embed_key']}'], source cell in obs['source_cell'].")
 
 
+# ---------------------------------------------------------------- velocity
+
+
+@cli.command()
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Input .h5ad with layers['spliced'] and layers['unspliced'].")
+@click.option("--basis", required=True, metavar="OBSM_KEY", help="Embedding to express velocity in (e.g. X_state).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .h5ad.")
+@click.option("--projection", type=click.Choice(["auto", "transition", "linear"]), default="auto", show_default=True,
+              help="transition: scVelo's transition-matrix projection (any embedding, direction only); linear: "
+                   "exact push-forward through varm loadings (auto: linear when --loadings exists).")
+@click.option("--loadings", metavar="VARM_KEY", help="varm key of the embedding's gene loadings (linear projection).")
+@click.option("--no-log1p", is_flag=True, help="The embedding is linear in normalised counts, not in log1p of them.")
+@click.option("--n-neighbors", type=click.IntRange(min=2), default=30, show_default=True, help="kNN size for moments.")
+@click.option("--no-cache", is_flag=True, help="Recompute even if this input was prepared before.")
+def velocity(data_path: Path, basis: str, out: Path, projection: str, loadings: str | None, no_log1p: bool,
+             n_neighbors: int, no_cache: bool) -> None:
+    """Compute RNA velocity with scVelo and express it in an embedding (obsm['velocity_<basis>'])."""
+    from stx.data.velocity import prepare_velocity
+
+    if out.suffix != ".h5ad":
+        raise StxError(f"{out}: the output file must end in .h5ad")
+    report = prepare_velocity(data_path, basis, out, projection=projection, loadings_key=loadings,
+                              log1p=not no_log1p, n_neighbors=n_neighbors, use_cache=not no_cache)
+    magnitude = ("its magnitude is calibrated (linear push-forward)" if report.projection == "linear"
+                 else "only its direction is meaningful (transition-matrix projection of unit displacements)")
+    click.echo(f"Wrote {out} in {report.seconds:.1f} s{' (from cache)' if report.cached else ''}: "
+               f"obsm['{report.key}'] ({report.projection} projection; {magnitude}) and obs['velocity_confidence'] "
+               f"(mean {report.mean_confidence:.2f}). scVelo {report.scvelo} in {report.mode} mode (its stochastic "
+               f"mode fails on NumPy >= 2.4). Train with: stx run --variant velocity --set "
+               f"model.velocity.velocity_key={report.key}")
+
+
 # ---------------------------------------------------------------- ui
 
 

@@ -112,6 +112,13 @@ class VelocityConfig(_Section):
     source: Literal["control", "perturbed"] = Field(
         "control", description="whose velocity the predicted shift aligns with"
     )
+    projection: Literal["auto", "transition", "linear"] = Field(
+        "auto", description="when velocity is prepared: linear if loadings_key exists, else transition"
+    )
+    loadings_key: str | None = Field(None, description="varm key of a linear embedding's loadings")
+    force_magnitude: bool = Field(False, description="keep the magnitude term for uncalibrated velocity")
+
+    _none_if_empty = field_validator("loadings_key", mode="before")(_empty_to_none)
 
 
 class ModelConfig(_Section):

@@ -69,12 +69,12 @@ def build_model(cfg: Config, variant: Variant, table: CellTable) -> torch.nn.Mod
     from stx.model.adapt import adapt_to_data
     from stx.model.checkpoint import load_pretrained
     from stx.model.lora import apply_lora, freeze_for_finetuning
+    from stx.model.mhc import apply_mhc
 
-    if variant.mhc or variant.velocity:
-        raise StxError(f"variant '{variant.name}' is not available in this version of stx yet; "
-                       f"use baseline or lora")
     relu = None if cfg.model.output_relu == "auto" else bool(cfg.model.output_relu)
     model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu)
+    if variant.mhc:  # wrap before LoRA: peft's suffix matching still finds q_proj inside `block`
+        apply_mhc(model.transformer_backbone, cfg.model.mhc)
     if variant.lora:
         apply_lora(model, cfg.model.lora)
         freeze_for_finetuning(model)
@@ -94,12 +94,13 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
     variant = resolve_variant(variant_name)
     start = time.perf_counter()
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    table = load_cells(cfg)
+    table = load_cells(cfg, velocity=variant.velocity)
     split = make_split(table, cfg)
     model = build_model(cfg, variant, table)
+    aux = velocity_terms(cfg, variant, table)
 
     if _is_worker():
-        _train(cfg, model, table, split, Path(os.environ[RUN_DIR_ENV]), devices, None, progress=False)
+        _train(cfg, model, table, split, Path(os.environ[RUN_DIR_ENV]), devices, None, False, True, aux)
         return None
 
     from stx.model.st import count_parameters
@@ -130,7 +131,7 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
 
         buffer = MetricBuffer(sink=run.log_rows)
         run.log_metrics({"trainable_fraction": trainable / total})
-        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train)
+        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux)
         metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer,
                                                fit_result, start)
         version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
@@ -139,22 +140,43 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
                       version, variant.name, time.perf_counter() - start)
 
 
+def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
+    """The velocity loss term of the velocity variants (empty otherwise)."""
+    from stx.train.module import velocity_term
+
+    if not variant.velocity:
+        return ()
+    vcfg = cfg.model.velocity
+    use_magnitude = vcfg.mu > 0 and (table.velocity_calibrated or vcfg.force_magnitude)
+    if vcfg.mu > 0 and not use_magnitude:
+        log.warning("the velocity comes from scVelo's transition-matrix projection (unit displacements), so its "
+                    "magnitude is not calibrated: the magnitude term (model.velocity.mu = %g) is off; set "
+                    "model.velocity.force_magnitude = true to keep it", vcfg.mu)
+    return (velocity_term(vcfg, use_magnitude),)
+
+
 def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
-           devices: int | None, buffer, progress: bool, train: bool = True):  # noqa: ANN001
+           devices: int | None, buffer, progress: bool, train: bool = True, aux: tuple = ()):  # noqa: ANN001
     from stx.tracking.buffer import MetricBuffer
     from stx.train.fit import fit, make_loaders
     from stx.train.module import STSystem
 
-    system = STSystem(model, cfg.trainer, buffer or MetricBuffer())
+    system = STSystem(model, cfg.trainer, buffer or MetricBuffer(), aux=aux)
     if not train:
-        _, val_loader = make_loaders(table, split, cfg.trainer)
+        _, val_loader = make_loaders(table, split, cfg.trainer, cfg.model.velocity.source)
         if val_loader is not None:
             with torch.no_grad():
                 losses = [system.shared_step(b)[0] for b in val_loader]
             system.buffer.add("val/loss", torch.stack(losses).mean(), 0)
             system.buffer.flush()
         return None
-    return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress)
+    from stx.model.mhc import mhc_layers
+    from stx.train.callbacks import MHCMonitor
+
+    layers = mhc_layers(model)
+    extra = (MHCMonitor(system.buffer, layers, cfg.trainer.log_every_n_steps),) if layers else ()
+    return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress,
+               extra_callbacks=extra, velocity_source=cfg.model.velocity.source)
 
 
 def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result, start):  # noqa: ANN001
@@ -239,6 +261,7 @@ def _register(cfg, variant, model, table, run, out_dir) -> str | None:  # noqa: 
         "embed_key": cfg.data.embed_key, "pert_col": cfg.data.pert_col,
         "control_pert": cfg.data.control_pert, "cell_type_key": cfg.data.cell_type_key,
         "batch_col": cfg.data.batch_col, "time_col": cfg.data.time_col, "stx_version": __version__,
+        "mhc": cfg.model.mhc.model_dump() if variant.mhc else None,
     }
     package = save_package(model, meta, out_dir / "model_package")
     name = f"stx-{variant.name}"

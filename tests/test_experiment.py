@@ -241,3 +241,45 @@ def test_ui_serves_the_same_store(workdir):
         os.killpg(proc.pid, 15)  # the server and its workers
         out = proc.communicate(timeout=30)[0]
     assert f"MLflow UI for sqlite:///{workdir}/mlruns/mlflow.db at http://127.0.0.1:{port}" in out
+
+
+@pytest.mark.parametrize("projection", ["sinkhorn", "birkhoff"])
+def test_lora_mhc_logs_mhc_metrics_and_registers_a_loadable_model(workdir, monkeypatch, projection):
+    import mlflow
+    import pandas as pd
+
+    result = _run(workdir, monkeypatch, "--variant", "mhc", "--set", f"model.mhc.projection={projection}",
+                  "--experiment", f"mhc-{projection}")
+    assert result.exit_code == 0, result.output
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name(f"mhc-{projection}").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.tags["stx.variant"] == "lora-mhc"
+    assert run.data.params["model.mhc.projection"] == projection
+    for key in ("mhc/ds_error", "mhc/gain", "mhc/entropy"):
+        assert len(client.get_metric_history(run.info.run_id, key)) >= 2, key
+    if projection == "birkhoff":
+        assert run.data.metrics["mhc/ds_error"] < 1e-5
+    version = run.data.tags["stx.registered_model"]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    frame = pd.DataFrame(np.zeros((5, 64), np.float32))
+    frame["condition"] = "Burn"
+    assert mlflow.pyfunc.load_model(version).predict(frame).shape == (5, 64)
+
+
+@pytest.mark.parametrize("variant", ["velocity", "lora-mhc-velocity"])
+def test_velocity_variants_log_the_velocity_metrics(workdir, monkeypatch, variant):
+    result = _run(workdir, monkeypatch, "--variant", variant, "--set", "model.velocity.warmup_steps=8",
+                  "--experiment", f"vel-{variant}")
+    assert result.exit_code == 0, result.output
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name(f"vel-{variant}").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    for key in ("train/velocity_loss", "train/velocity_cos", "train/velocity_weight", "train/velocity_coverage",
+                "train/energy_loss", "train/loss"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == 12, key
+    weights = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "train/velocity_weight"),
+                                       key=lambda m: m.step)]
+    assert weights[0] == 0.0 and weights[4] == pytest.approx(0.1 * 4 / 8) and weights[-1] == pytest.approx(0.1)
+    assert run.data.metrics["train/velocity_coverage"] > 0.5
+    if "mhc" in variant:
+        assert "mhc/gain" in run.data.metrics

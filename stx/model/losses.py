@@ -35,3 +35,48 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "energy": energy_loss,
     "mse": mse_loss,
 }
+
+
+def velocity_alignment(shift: torch.Tensor, velocity: torch.Tensor, weight: torch.Tensor, *,
+                       min_confidence: float = 0.3, beta: float = 1.0, reduce: str = "cell",
+                       eps: float = 1e-8) -> dict[str, torch.Tensor]:
+    """Align predicted shifts with RNA velocity (the velocity variants' auxiliary loss).
+
+    shift = pred - ctrl [B, S, D]; velocity [B, S, D] (a constant target: detached here);
+    weight [B, S] = velocity confidence. Cells with non-finite or zero velocity, or with
+    confidence below `min_confidence`, are excluded. Returns
+
+    * `direction`: weighted mean of 1 - cos(shift, v) (0 parallel, 1 orthogonal, 2 opposite);
+      with reduce="set", 1 - cos(mean shift, mean v) per set, averaged over sets;
+    * `magnitude`: weighted mean of | |shift| - beta |v| |;
+    * `cos`: the (weighted) mean cosine, and `coverage`: the fraction of cells used.
+    """
+    v = velocity.detach().float()
+    d = shift.float()
+    v_norm = v.norm(dim=-1)
+    valid = torch.isfinite(v).all(-1) & (v_norm > eps) & (weight >= min_confidence) & torch.isfinite(weight)
+    w = torch.where(valid, weight.float(), torch.zeros_like(weight, dtype=torch.float32))
+    v = torch.where(valid[..., None], v, torch.zeros_like(v))
+    coverage = valid.float().mean()
+    zero = d.sum() * 0.0  # keeps the graph (and the device) when nothing is valid
+    if not valid.any():
+        return {"direction": zero, "magnitude": zero, "cos": zero.detach(), "coverage": coverage}
+    d_norm = d.norm(dim=-1)
+    if reduce == "set":
+        ws = w[..., None]
+        d_set, v_set = (d * ws).sum(1), (v * ws).sum(1)
+        cos = (d_set * v_set).sum(-1) / (d_set.norm(dim=-1).clamp_min(eps) * v_set.norm(dim=-1).clamp_min(eps))
+        used = w.sum(1) > 0
+        direction = (1 - cos[used]).mean()
+        cos_mean = cos[used].mean()
+    else:
+        cos = (d * v).sum(-1) / (d_norm.clamp_min(eps) * v.norm(dim=-1).clamp_min(eps))
+        direction = (w * (1 - cos)).sum() / w.sum()
+        cos_mean = (w * cos).sum() / w.sum()
+    magnitude = (w * (d_norm - beta * v.norm(dim=-1)).abs()).sum() / w.sum()
+    return {"direction": direction, "magnitude": magnitude, "cos": cos_mean.detach(), "coverage": coverage}
+
+
+def warmup_weight(step: int, warmup_steps: int) -> float:
+    """w(t) = min(1, step / warmup_steps): the velocity term ramps in linearly."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)

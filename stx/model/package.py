@@ -70,5 +70,10 @@ def load_package(path: Path) -> InferencePackage:
     raw = meta.pop("spec")
     spec = ModelSpec(**{**raw, "pert_names": tuple(raw["pert_names"]), "batch_names": tuple(raw["batch_names"])})
     model = StateTransition(spec)
+    if meta.get("mhc"):
+        from stx.config import MhcConfig
+        from stx.model.mhc import apply_mhc
+
+        apply_mhc(model.transformer_backbone, MhcConfig(**meta["mhc"]))
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     return InferencePackage(model.eval(), meta)

@@ -70,3 +70,21 @@ class FlushMetrics(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.buffer.flush()
+
+
+class MHCMonitor(L.Callback):
+    """Logs `mhc/ds_error`, `mhc/gain` and `mhc/entropy` every `every` steps (DESIGN: the
+    stability evidence of the mHC hypothesis)."""
+
+    def __init__(self, buffer: MetricBuffer, layers: list, every: int):
+        self.buffer = buffer
+        self.layers = layers
+        self.every = every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        from stx.model.mhc import mhc_stats
+
+        step = trainer.global_step - 1
+        if trainer.is_global_zero and step % self.every == 0:
+            self.buffer.add_many(mhc_stats(self.layers), step)

@@ -70,14 +70,17 @@ def precision_for(setting: str) -> str:
     return "32-true" if setting == "32" else setting
 
 
-def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig) -> tuple[DataLoader, DataLoader | None]:
+def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig,
+                 velocity_source: str = "control") -> tuple[DataLoader, DataLoader | None]:
     """The training stream and the fixed validation batches."""
-    train = SetSampler(table, split.mask(TRAIN), tcfg.batch_size, tcfg.cell_set_len, seed=tcfg.seed)
+    train = SetSampler(table, split.mask(TRAIN), tcfg.batch_size, tcfg.cell_set_len, seed=tcfg.seed,
+                       velocity_source=velocity_source)
     train_loader = DataLoader(_SetStream(train, tcfg.seed), batch_size=None, num_workers=0)
     val_loader = None
     if np.any(split.mask(VAL)):
         try:
-            val = SetSampler(table, split.mask(VAL), tcfg.batch_size, tcfg.cell_set_len, seed=10_000 + tcfg.seed)
+            val = SetSampler(table, split.mask(VAL), tcfg.batch_size, tcfg.cell_set_len, seed=10_000 + tcfg.seed,
+                             velocity_source=velocity_source)
             val_loader = DataLoader(val.fixed_batches(tcfg.val_batches), batch_size=None, num_workers=0)
         except ValueError:
             log.warning("the validation split has no group with both control and perturbed cells: "
@@ -87,7 +90,8 @@ def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig) -> tuple[D
 
 def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, out_dir: Path,
         devices: int | None = None, resume_from: Path | None = None, progress: bool = True,
-        monitor: bool = True, extra_callbacks: tuple[L.Callback, ...] = ()) -> FitResult:
+        monitor: bool = True, extra_callbacks: tuple[L.Callback, ...] = (),
+        velocity_source: str = "control") -> FitResult:
     """Train `system` for `tcfg.max_steps` steps; checkpoints go to `out_dir/checkpoints`.
 
     `monitor=False` drops the grad-norm, timing and flushing callbacks (benchmarks measure
@@ -98,7 +102,7 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
     # Lightning's own INFO lines (GPU available, tips) would repeat what stx reports
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    train_loader, val_loader = make_loaders(table, split, tcfg)
+    train_loader, val_loader = make_loaders(table, split, tcfg, velocity_source)
     ckpt_dir = out_dir / "checkpoints"
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
                                every_n_train_steps=tcfg.checkpoint_every_n_steps, auto_insert_metric_name=False)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from stx.config import TrainerConfig
+from stx.config import TrainerConfig, VelocityConfig
 from stx.data import keys
 from stx.model.losses import energy_loss
 from stx.tracking.buffer import MetricBuffer
@@ -111,3 +111,25 @@ class STSystem(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(self.tcfg.lr_warmup_steps, self.tcfg.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def velocity_term(vcfg: VelocityConfig, use_magnitude: bool) -> LossTerm:
+    """`w(t) lambda (1 - cos(shift, v)) + mu | |shift| - beta |v| |` with w(t) = min(1, t / warmup)."""
+    from stx.model.losses import velocity_alignment, warmup_weight
+
+    mu = vcfg.mu if use_magnitude else 0.0
+
+    def fn(pred: torch.Tensor, batch: dict[str, torch.Tensor], step: int):  # noqa: ANN202
+        parts = velocity_alignment(pred - batch[keys.CTRL_EMB], batch[keys.VELOCITY], batch[keys.VELOCITY_WEIGHT],
+                                   min_confidence=vcfg.min_confidence, beta=vcfg.beta, reduce=vcfg.reduce)
+        w = warmup_weight(step, vcfg.warmup_steps)
+        value = w * vcfg.lambda_ * parts["direction"] + mu * parts["magnitude"]
+        return value, {
+            "velocity_loss": parts["direction"].detach(),
+            "velocity_magnitude_loss": parts["magnitude"].detach(),
+            "velocity_cos": parts["cos"],
+            "velocity_weight": torch.tensor(w * vcfg.lambda_),
+            "velocity_coverage": parts["coverage"],
+        }
+
+    return LossTerm("velocity", fn)

@@ -25,45 +25,20 @@ import textwrap
 import time
 from pathlib import Path
 
-import lightning as L
-import numpy as np
 import torch
 
-from stx.config import load_config
-from stx.data.load import load_cells
-from stx.data.split import make_split
-from stx.experiment import build_model
-from stx.tracking.buffer import MetricBuffer
-from stx.train.fit import fit
-from stx.train.module import STSystem
-from stx.variants import resolve_variant
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.benchmarks.common import demo, timed_fit
 
 
-class _Clock(L.Callback):
-    def __init__(self):
-        self.times: list[float] = []
+def _block(cfg, table, split, out: Path, tracked: bool, uri: str | None) -> float:
+    """Median step time with full tracking (a real MLflow store) or with none."""
+    if not tracked:
+        return timed_fit(cfg, table, split, "lora", out)
+    from stx.tracking.run import tracked_run
 
-    def on_train_batch_end(self, *args, **kwargs):
-        self.times.append(time.perf_counter())
-
-    def median_step(self) -> float:
-        return statistics.median(np.diff(self.times[5:]))
-
-
-def _fit_block(cfg, table, split, out: Path, tracked: bool, uri: str | None) -> float:
-    """Median step time of one training run, with full tracking or with none."""
-    model = build_model(cfg, resolve_variant("lora"), table)
-    clock = _Clock()
-    if tracked:
-        from stx.tracking.run import tracked_run
-
-        with tracked_run(uri, "bench", "bench", {}, {}) as run:
-            system = STSystem(model, cfg.trainer, MetricBuffer(sink=run.log_rows))
-            fit(system, table, split, cfg.trainer, out, progress=False, extra_callbacks=(clock,))
-    else:
-        system = STSystem(model, cfg.trainer, MetricBuffer())
-        fit(system, table, split, cfg.trainer, out, progress=False, monitor=False, extra_callbacks=(clock,))
-    return clock.median_step()
+    with tracked_run(uri, "bench", "bench", {}, {}) as run:
+        return timed_fit(cfg, table, split, "lora", out, sink=run.log_rows, monitor=True)
 
 
 ARC_SCRIPT = textwrap.dedent('''
@@ -126,16 +101,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("STX_CACHE_DIR", str(Path(tmp) / "cache"))
-        cfg = load_config(None, [f"trainer.max_steps={args.steps}", "trainer.val_every_n_steps=100000",
-                                 "trainer.checkpoint_every_n_steps=100000", "trainer.log_every_n_steps=10"])
-        table = load_cells(cfg)
-        split = make_split(table, cfg)
+        cfg, table, split = demo([f"trainer.max_steps={args.steps}", "trainer.log_every_n_steps=10"])
         uri = f"sqlite:///{tmp}/mlflow.db"
         tracked, plain = [], []
         for block in range(args.blocks):
-            plain.append(_fit_block(cfg, table, split, Path(tmp) / f"p{block}", False, None))
-            tracked.append(_fit_block(cfg, table, split, Path(tmp) / f"t{block}", True, uri))
+            plain.append(_block(cfg, table, split, Path(tmp) / f"p{block}", False, None))
+            tracked.append(_block(cfg, table, split, Path(tmp) / f"t{block}", True, uri))
         t_on, t_off = statistics.median(tracked), statistics.median(plain)
         print(f"(a) step time, tracking on / off: {t_on * 1e3:.2f} ms / {t_off * 1e3:.2f} ms = "
               f"{t_on / t_off:.3f}  (goal <= 1.03; {args.steps} steps x {args.blocks} blocks, "

@@ -1,0 +1,192 @@
+"""Manifold-Constrained Hyper-Connections (mHC, arXiv 2512.24880) around pretrained layers.
+
+The residual stream is widened to n streams X = [x_1 .. x_n] ([B, S, n, C]). Each wrapped
+decoder layer with branch F computes
+
+    X' = H_res X + H_post^T F(H_pre X)
+
+with H_pre = sigmoid(.) and H_post = 2 sigmoid(.) (non-negative, 1 x n) and H_res projected
+onto the doubly stochastic matrices (Sinkhorn-Knopp on exp of its logits, or exactly as a
+convex combination of permutation matrices, "birkhoff"). The HF Llama layer adds its own
+residual, so its branch is F(h) = layer(h) - h, computed in fp32 (under bf16 the
+cancellation error would be ~2^-8 |h|).
+
+Identity at initialisation (so a pretrained ST computes exactly what it did): streams
+start as copies of h and are averaged at the end; any doubly stochastic H_res maps copies
+to copies; H_post = 2 sigmoid(0) = 1; H_pre sums to 1 but is not uniform (0.7 on stream
+l mod n, 0.3 shared by the others): with uniform H_pre every stream gets the same gradient forever
+and mHC collapses to a plain residual. Dynamic (input-dependent) coefficients add
+alpha * (RMSNorm(vec X) @ phi) with phi = 0 and alpha = 0.01 at init (the paper's gate),
+no tanh.
+
+Streams travel between layers packed in the feature dimension ([B, S, n*C]) so the
+unmodified HF layer loop, masks and position embeddings are untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from stx.config import MhcConfig
+
+PRIMARY = 0.7  # H_pre weight of a layer's primary stream; the others share 0.3 (0.1 each for n = 4)
+RES_INIT = 3.0  # Sinkhorn(3 I): diagonal 0.87 for n = 4; soft enough to keep gradients alive
+
+
+def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
+    """Doubly stochastic projection of exp(logits) [..., n, n]: columns, then rows, in log space (fp32)."""
+    z = logits.float()
+    for _ in range(iters):
+        z = z - torch.logsumexp(z, dim=-2, keepdim=True)
+        z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    return z.exp()
+
+
+def permutation_matrices(n: int) -> torch.Tensor:
+    """All n! permutation matrices [n!, n, n], identity first."""
+    eye = torch.eye(n)
+    return torch.stack([eye[list(p)] for p in itertools.permutations(range(n))])
+
+
+def birkhoff(weights_logits: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """Softmax-weighted combination of permutation matrices: exactly doubly stochastic."""
+    w = torch.softmax(weights_logits.float(), dim=-1)
+    return torch.einsum("...k,kij->...ij", w, perms)
+
+
+def ds_error(h: torch.Tensor) -> torch.Tensor:
+    """Largest deviation of a row or column sum from 1."""
+    return torch.maximum((h.sum(-1) - 1).abs().amax(), (h.sum(-2) - 1).abs().amax())
+
+
+def row_entropy(h: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the rows of H_res."""
+    p = h.clamp_min(1e-12)
+    return -(p * p.log()).sum(-1).mean()
+
+
+class MHCCoefficients(nn.Module):
+    """H_pre, H_post, H_res of one layer, static (biases) or dynamic (+ gated projections)."""
+
+    def __init__(self, width: int, layer_index: int, cfg: MhcConfig):
+        super().__init__()
+        n = cfg.streams
+        self.n, self.iters, self.projection, self.dynamic = n, cfg.sinkhorn_iters, cfg.projection, cfg.dynamic
+        if n == 1:
+            pre = torch.full((1,), 30.0)  # one stream: H_pre = sigmoid(30) = 1, mHC is the plain residual
+        else:
+            other = (1 - PRIMARY) / (n - 1)
+            pre = torch.full((n,), math.log(other / (1 - other)))
+            pre[layer_index % n] = math.log(PRIMARY / (1 - PRIMARY))
+        self.b_pre = nn.Parameter(pre)
+        self.b_post = nn.Parameter(torch.zeros(n))
+        if cfg.projection == "birkhoff":
+            self.register_buffer("perms", permutation_matrices(n), persistent=False)
+            k = math.factorial(n)
+            res = torch.zeros(k)
+            if k > 1:
+                res[0] = math.log(0.8 * (k - 1) / 0.2)  # 80% identity, the rest spread evenly
+            self.b_res = nn.Parameter(res)
+        else:
+            self.b_res = nn.Parameter(RES_INIT * torch.eye(n))
+        if cfg.dynamic:
+            n_res = self.b_res.numel()
+            self.phi = nn.Parameter(torch.zeros(n * width, 2 * n + n_res))
+            self.alpha = nn.Parameter(torch.full((3,), 0.01))
+
+    def _res(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.projection == "birkhoff":
+            return birkhoff(logits, self.perms)
+        return sinkhorn(logits, self.iters)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, n, C] -> H_pre [.., n], H_post [.., n], H_res [.., n, n] (static: no batch dims)."""
+        pre, post, res = self.b_pre.float(), self.b_post.float(), self.b_res.float()
+        if self.dynamic:
+            n = self.n
+            flat = x.float().flatten(-2)
+            flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + 1e-6)
+            proj = flat @ self.phi.float()
+            pre = pre + self.alpha[0] * proj[..., :n]
+            post = post + self.alpha[1] * proj[..., n:2 * n]
+            extra = self.alpha[2] * proj[..., 2 * n:]
+            res = res + (extra.unflatten(-1, (n, n)) if self.projection == "sinkhorn" else extra)
+        return torch.sigmoid(pre), 2 * torch.sigmoid(post), self._res(res)
+
+
+class MHCLayer(nn.Module):
+    """A pretrained decoder layer (`block`) inside an mHC residual (see the module docstring).
+
+    Deliberately not called `base_layer`: peft walks attributes of that name.
+    """
+
+    def __init__(self, block: nn.Module, layer_index: int, n_layers: int, width: int, cfg: MhcConfig):
+        super().__init__()
+        self.block = block
+        self.mhc = MHCCoefficients(width, layer_index, cfg)
+        self.n, self.width = cfg.streams, width
+        self.first, self.last = layer_index == 0, layer_index == n_layers - 1
+        self.last_h_res: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):  # noqa: ANN201 - HF's layer API
+        b, s = hidden_states.shape[:2]
+        if self.first:
+            x = hidden_states.float().unsqueeze(-2).expand(b, s, self.n, self.width)
+        else:
+            x = hidden_states.float().view(b, s, self.n, self.width)
+        h_pre, h_post, h_res = self.mhc(x)
+        if h_res.dim() == 2:  # static: one set of matrices for all tokens (a plain GEMM, no tiny bmm)
+            self.last_h_res = h_res.detach()
+            x_in = (h_pre[:, None] * x).sum(-2)
+            mixed = torch.einsum("ij,...jc->...ic", h_res, x)
+        else:  # dynamic: per token; broadcast-multiply beats a batch of 4 x 4 matmuls
+            self.last_h_res = h_res.detach().mean((0, 1))
+            x_in = (h_pre[..., None] * x).sum(-2)
+            mixed = (h_res[..., None] * x[..., None, :, :]).sum(-2)
+        out = self.block(x_in.to(hidden_states.dtype), *args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out
+        branch = y.float() - x_in  # F(h) = layer(h) - h, in fp32
+        x_next = mixed + h_post[..., None] * branch[..., None, :]
+        h = (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
+def apply_mhc(backbone: nn.Module, cfg: MhcConfig) -> list[MHCLayer]:
+    """Wrap every decoder layer of an HF Llama backbone in place; returns the wrappers."""
+    layers = backbone.layers
+    width = backbone.config.hidden_size
+    wrapped = [MHCLayer(layer, i, len(layers), width, cfg) for i, layer in enumerate(layers)]
+    for i, layer in enumerate(wrapped):
+        layers[i] = layer
+    return wrapped
+
+
+def mhc_layers(model: nn.Module) -> list[MHCLayer]:
+    """The mHC wrappers of a model, in layer order."""
+    return [m for m in model.modules() if isinstance(m, MHCLayer)]
+
+
+@torch.no_grad()
+def mhc_stats(layers: list[MHCLayer]) -> dict[str, float]:
+    """`mhc/ds_error`, `mhc/gain` (max abs row sum of the product of all H_res) and
+    `mhc/entropy` (mean row entropy), from each layer's latest H_res."""
+    mats = [layer.last_h_res for layer in layers if layer.last_h_res is not None]
+    if not mats:
+        return {}
+    product = mats[0]
+    for m in mats[1:]:
+        product = m @ product
+    return {
+        "mhc/ds_error": float(max(ds_error(m) for m in mats)),
+        "mhc/gain": float(product.abs().sum(-1).max()),
+        "mhc/entropy": float(torch.stack([row_entropy(m) for m in mats]).mean()),
+    }
+
+
+def count_mhc_parameters(model: nn.Module) -> int:
+    """Parameters of all mHC coefficient modules."""
+    return sum(p.numel() for layer in mhc_layers(model) for p in layer.mhc.parameters())
