@@ -119,7 +119,7 @@ def velocity_term(vcfg: VelocityConfig, use_magnitude: bool) -> LossTerm:
 
     mu = vcfg.mu if use_magnitude else 0.0
 
-    def fn(pred: torch.Tensor, batch: dict[str, torch.Tensor], step: int):  # noqa: ANN202
+    def fn(pred: torch.Tensor, batch: dict[str, torch.Tensor], step: int):
         parts = velocity_alignment(pred - batch[keys.CTRL_EMB], batch[keys.VELOCITY], batch[keys.VELOCITY_WEIGHT],
                                    min_confidence=vcfg.min_confidence, beta=vcfg.beta, reduce=vcfg.reduce)
         w = warmup_weight(step, vcfg.warmup_steps)
