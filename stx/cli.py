@@ -98,16 +98,25 @@ def _tracking_option(func):  # noqa: ANN001 - decorator
 @_tracking_option
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: from the config).")
 @click.option("--devices", type=click.IntRange(min=1), help="Processes/GPUs (overrides trainer.devices).")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --variant all: runs per variant (seeds seed, seed+1, ...).")
 def run(variant: str, config_path: Path | None, overrides: tuple[str, ...], seed: int | None,
-        tracking_uri: str | None, experiment: str | None, devices: int | None) -> None:
-    """Fine-tune (or, for baseline, only evaluate) one variant; everything goes to MLflow."""
+        tracking_uri: str | None, experiment: str | None, devices: int | None, seeds: int) -> None:
+    """Fine-tune (or, for baseline, only evaluate) one variant; everything goes to MLflow.
+
+    `--variant all` trains the five variants one after another (`--seeds N` times each) and
+    ends with `stx compare` over those runs.
+    """
     import signal
 
     from stx.config import load_config
     from stx.tracking.store import resolve_tracking_uri
-    from stx.variants import resolve_variant
+    from stx.variants import VARIANTS, resolve_variant
 
-    resolve_variant(variant)  # an unknown name fails before any data is read
+    if variant != "all":
+        resolve_variant(variant)  # an unknown name fails before any data is read
+    elif seeds < 1:
+        raise StxError("--seeds must be at least 1")
     if seed is not None:
         overrides = (*overrides, f"trainer.seed={seed}")
     cfg = load_config(config_path, overrides)
@@ -117,9 +126,23 @@ def run(variant: str, config_path: Path | None, overrides: tuple[str, ...], seed
 
     from stx.experiment import run_experiment
 
-    summary = run_experiment(cfg, variant, uri, experiment=experiment, devices=devices)
-    if summary is not None:
-        click.echo(_run_paragraph(summary))
+    if variant != "all":
+        summary = run_experiment(cfg, variant, uri, experiment=experiment, devices=devices)
+        if summary is not None:
+            click.echo(_run_paragraph(summary))
+        return
+    experiment = experiment or cfg.experiment_name()
+    base_seed = cfg.trainer.seed
+    for offset in range(seeds):
+        for name in VARIANTS:
+            seeded = load_config(config_path, (*overrides, f"trainer.seed={base_seed + offset}"))
+            summary = run_experiment(seeded, name, uri, experiment=experiment, devices=devices)
+            if summary is not None:
+                click.echo(_run_paragraph(summary))
+    from stx.compare.report import compare as build
+
+    result = build(uri, Path("results"), experiment=experiment, runs="all", projection=cfg.tracking.projection)
+    click.echo(_compare_paragraph(result, uri))
 
 
 def _run_paragraph(s) -> str:  # noqa: ANN001
@@ -138,6 +161,47 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
             f"'{s.experiment}' of {mask_secrets(s.tracking_uri)}. Held-out test metrics: {metrics}."
             f"{model} Artifacts (checkpoints, predictions, plots): {mask_secrets(s.artifact_uri)}. "
             f"Open {ui} to see curves, artifacts and the registered model.")
+
+
+# ---------------------------------------------------------------- compare
+
+
+@cli.command("compare")
+@click.option("--experiment", metavar="NAME", help="Only runs of this MLflow experiment.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
+              help="Folder for tables and figures.")
+@click.option("--baseline", default="baseline", show_default=True, help="Variant the others are compared with.")
+@click.option("--runs", type=click.Choice(["registry", "all"]), default="registry", show_default=True,
+              help="registry: the champion (else newest) version of each stx-* model; all: every finished run.")
+@click.option("--allow-mixed", is_flag=True, help="Compare runs trained on different data sets.")
+@click.option("--projection", type=click.Choice(["umap", "pca"]), default="umap", show_default=True,
+              help="2-D map of the prediction grid.")
+@_tracking_option
+def compare_command(experiment: str | None, out: Path, baseline: str, runs: str, allow_mixed: bool,
+                    projection: str, tracking_uri: str | None) -> None:
+    """Variant-versus-baseline tables and figures from the MLflow registry (or all runs)."""
+    from stx.compare.report import compare
+    from stx.tracking.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    result = compare(uri, out, experiment=experiment, baseline=baseline, runs=runs, allow_mixed=allow_mixed,
+                     projection=projection)
+    click.echo(_compare_paragraph(result, uri))
+
+
+def _compare_paragraph(result, uri: str) -> str:  # noqa: ANN001
+    from stx.compare.tables import MEAN_SHIFT
+    from stx.tracking.store import mask_secrets
+
+    table = result.table
+    learned = table[~table["variant"].isin(["baseline", MEAN_SHIFT])]
+    lines = []
+    for _, row in learned.iterrows():
+        beats = [m for m in ("pearson_delta", "energy_ratio", "direction_cos") if row[f"beats_{MEAN_SHIFT}_{m}"]]
+        lines.append(f"{row['variant']} beats mean_shift on {', '.join(beats) or 'nothing'}")
+    return (f"Compared {result.n_runs} runs in {result.seconds:.1f} s: {'; '.join(lines) or 'no learned variant'}. "
+            f"Tables and figures in {result.out_dir}/ (comparison.md first)"
+            + (f"; also logged as run {result.run_id} in {mask_secrets(uri)}." if result.run_id else "."))
 
 
 # ---------------------------------------------------------------- predict

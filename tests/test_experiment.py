@@ -283,3 +283,65 @@ def test_velocity_variants_log_the_velocity_metrics(workdir, monkeypatch, varian
     assert run.data.metrics["train/velocity_coverage"] > 0.5
     if "mhc" in variant:
         assert "mhc/gain" in run.data.metrics
+
+
+COMPARE_FILES = ["comparison.csv", "comparison.md", "metrics_by_group.csv", "loss_curves.png", "grad_norm_curves.png",
+                 "metric_bars.png", "direction_cos_heatmap.png", "umap_grid.png", "trajectories.png"]
+
+
+def test_run_all_variants_then_compare(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    result = _run(workdir, monkeypatch, "--variant", "all", "--seeds", "2", "--experiment", "all-variants",
+                  "--set", "tracking.register_model=false", "--set", "model.velocity.warmup_steps=4")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("finished in") == 10
+    assert "Compared 10 runs" in result.output
+    for name in COMPARE_FILES:
+        assert (workdir / "results" / name).is_file(), name
+    table = pd_read(workdir / "results" / "comparison.csv")
+    assert list(table["variant"]) == ["baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity", "mean_shift"]
+    assert (table.loc[table.variant != "mean_shift", "ci_over"] == "seeds").all()
+    client = _store(workdir)
+    compare_runs = client.search_runs([client.get_experiment_by_name("all-variants").experiment_id],
+                                      "tags.`stx.kind` = 'compare'")
+    assert len(compare_runs) == 1 and compare_runs[0].info.status == "FINISHED"
+    logged = set(_artifacts(client, compare_runs[0].info.run_id))
+    assert {f"compare/{name}" for name in COMPARE_FILES} <= logged
+
+
+def pd_read(path):
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
+def test_compare_from_the_registry(lora_run, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(cli, ["compare", "--out", str(workdir / "reg"), "--projection", "pca"])
+    assert result.exit_code == 0, result.output
+    table = pd_read(workdir / "reg" / "comparison.csv")
+    assert {"lora", "mean_shift"} <= set(table["variant"])
+    text = (workdir / "reg" / "comparison.md").read_text()
+    assert "## At a glance" in text and "| lora |" in text
+
+
+def test_compare_errors(lora_run, tmp_path, monkeypatch, workdir, demo_adata):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = CliRunner().invoke(cli, ["compare"])
+    assert result.exit_code == 2 and "no registered stx-* model" in result.output
+    result = CliRunner().invoke(cli, ["compare", "--experiment", "nope", "--tracking-uri",
+                                      f"sqlite:///{workdir}/mlruns/mlflow.db"])
+    assert result.exit_code == 2 and "experiment 'nope' not found" in result.output
+    # a run on other data joins the registry: compare refuses to mix them
+    other = tmp_path / "other.h5ad"
+    demo_adata[::2].copy().write_h5ad(other)
+    monkeypatch.chdir(workdir)
+    result = _run(workdir, monkeypatch, "--variant", "baseline", "--set", f'datasets.demo="{other}"')
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["compare", "--out", str(tmp_path / "mixed"), "--projection", "pca"])
+    assert result.exit_code == 2 and "different data sets" in result.output
+    result = CliRunner().invoke(cli, ["compare", "--out", str(tmp_path / "mixed"), "--projection", "pca",
+                                      "--allow-mixed"])
+    assert result.exit_code == 0, result.output

@@ -103,8 +103,11 @@ def connect(uri: str) -> object:
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)  # the fluent API (model logging) must agree with the client
-    client = MlflowClient(tracking_uri=uri)
+    # the fluent API (model logging) must agree with the client, and the registry lives in the
+    # same store: never a registry URI left over from an earlier call in this process
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
     except Exception as err:
