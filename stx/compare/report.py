@@ -171,8 +171,9 @@ def _log_compare_run(client, records: list[RunRecord], out_dir: Path, experiment
 
     name = experiment or "stx-compare"
     exp_id = records[0].experiment_id if experiment else ensure_experiment(client, name, client.tracking_uri)
+    compared = ",".join(r.run_id for r in records)[:5000]
     run = client.create_run(exp_id, run_name=f"compare-{datetime.now():%Y%m%d-%H%M%S}",
-                            tags={"stx.kind": "compare", "stx.compared_runs": ",".join(r.run_id for r in records)[:5000]})
+                            tags={"stx.kind": "compare", "stx.compared_runs": compared})
     try:
         client.log_artifacts(run.info.run_id, str(out_dir), "compare")
         client.set_terminated(run.info.run_id, "FINISHED")

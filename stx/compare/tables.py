@@ -111,12 +111,11 @@ def to_markdown(table: pd.DataFrame, baseline: str = "baseline") -> str:
     for _, row in table.iterrows():
         if row["variant"] in (baseline, MEAN_SHIFT):
             continue
-        beats_b = sum(bool(row[f"beats_{baseline}_{m}"]) for m in METRICS)
-        beats_m = sum(bool(row[f"beats_{MEAN_SHIFT}_{m}"]) for m in METRICS)
-        lines.append(f"| {row['variant']} | {beats_b}/{len(METRICS)} "
-                     f"({', '.join(m for m in METRICS if row[f'beats_{baseline}_{m}']) or 'none'}) | "
-                     f"{beats_m}/{len(METRICS)} ({', '.join(m for m in METRICS if row[f'beats_{MEAN_SHIFT}_{m}']) or 'none'})"
-                     f" | {row['targets_met']} |")
+        cells = []
+        for reference in (baseline, MEAN_SHIFT):
+            won = [m for m in METRICS if row[f"beats_{reference}_{m}"]]
+            cells.append(f"{len(won)}/{len(METRICS)} ({', '.join(won) or 'none'})")
+        lines.append(f"| {row['variant']} | {cells[0]} | {cells[1]} | {row['targets_met']} |")
     lines += ["", "## Training dynamics (mean over runs)", "",
               "| variant | " + " | ".join(DYNAMICS) + " |", "|---|" + "---|" * len(DYNAMICS)]
     for _, row in table.iterrows():
