@@ -163,6 +163,46 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
             f"Open {ui} to see curves, artifacts and the registered model.")
 
 
+# ---------------------------------------------------------------- sweep
+
+
+@cli.command()
+@click.option("--variant", required=True, metavar="VARIANT", help="Variant whose hyperparameters are tuned.")
+@click.option("--n-trials", type=click.IntRange(min=1), required=True, help="Trials in the study (all workers).")
+@_config_options
+@click.option("--storage", metavar="URL", help="Optuna storage (SQLAlchemy URL); default sqlite:///mlruns/optuna.db.")
+@click.option("--study", metavar="NAME", help="Study name (share it across machines); default <variant>-<time>.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes here.")
+@click.option("--timeout", type=click.FloatRange(min=1), help="Stop starting trials after this many seconds.")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an existing study of that name.")
+@_tracking_option
+@click.option("--experiment", metavar="NAME", help="MLflow experiment (default: from the config).")
+def sweep(variant: str, n_trials: int, config_path: Path | None, overrides: tuple[str, ...], storage: str | None,
+          study: str | None, workers: int, timeout: float | None, sampler: str, pruner: str, resume: bool,
+          tracking_uri: str | None, experiment: str | None) -> None:
+    """Tune LoRA rank, learning rate (and velocity lambda) with Optuna; trials are nested MLflow runs."""
+    from stx.config import load_config
+    from stx.sweep.study import SweepRequest, run_sweep
+    from stx.tracking.store import mask_secrets, resolve_tracking_uri
+    from stx.variants import resolve_variant
+
+    name = resolve_variant(variant).name
+    if name == "baseline":
+        raise StxError("the baseline variant has nothing to tune; sweep lora or another fine-tuning variant")
+    load_config(config_path, overrides)  # config errors before anything is created
+    uri = resolve_tracking_uri(tracking_uri)
+    summary = run_sweep(SweepRequest(name, n_trials, str(config_path) if config_path else None, tuple(overrides),
+                                     storage, study, workers, timeout, sampler, pruner, resume, uri, experiment))
+    best = (f"best {summary.best_value:.4f} with {summary.best_params} (run {summary.best_run_id})"
+            if summary.best_value is not None else "no trial completed")
+    click.echo(f"Study '{summary.study}' in {summary.storage}: {summary.n_trials} trials in {summary.seconds:.0f} s; "
+               f"{best}. {('Champion: ' + summary.champion + '.') if summary.champion else ''} Parent MLflow run "
+               f"{summary.parent_run_id} in {mask_secrets(uri)} holds the plots and trials.csv; open stx ui, or "
+               f"stx compare to use the champion.")
+
+
 # ---------------------------------------------------------------- compare
 
 

@@ -173,6 +173,55 @@ class TrackingConfig(_Section):
     _none_if_empty = field_validator("experiment", mode="before")(_empty_to_none)
 
 
+class SweepParam(_Section):
+    """One searched hyperparameter (`[sweep.params."model.lora.r"]`)."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="distribution")
+    low: float | None = Field(None, description="lower bound (float, int)")
+    high: float | None = Field(None, description="upper bound (float, int)")
+    log: bool = Field(False, description="sample on a log scale")
+    choices: tuple[int | float | str | bool, ...] | None = Field(None, description="categorical values")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SweepParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical sweep parameter needs choices = [...]")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} sweep parameter needs low < high")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log-scale sweep parameter needs low > 0")
+        return self
+
+
+class SweepConfig(_Section):
+    """`stx sweep`: what to optimise and over which keys (defaults: LoRA rank, lr, velocity lambda)."""
+
+    objective: str = Field("val/loss", description="run metric to optimise: val/loss or any eval/* metric")
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="auto: minimise losses and energy_ratio, maximise the rest"
+    )
+    params: dict[str, SweepParam] = Field(default_factory=dict, description="searched keys (added to defaults)")
+    fixed: dict[str, int | float | str | bool] = Field(default_factory=dict, description="keys set for every trial")
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> SweepConfig:
+        known = set(valid_keys(Config)) if "Config" in globals() else set()
+        for key in [*self.params, *self.fixed]:
+            if known and key not in known and not key.startswith(("datasets.", "training.")):
+                raise ValueError(f"sweep key '{key}' is not a config key{_suggest(key, sorted(known))}")
+        if not (self.objective in ("val/loss", "val/best_loss") or self.objective.startswith("eval/")):
+            raise ValueError("sweep.objective must be val/loss, val/best_loss or an eval/* metric")
+        return self
+
+    def resolved_direction(self) -> str:
+        """minimize or maximize."""
+        if self.direction != "auto":
+            return self.direction
+        lower_is_better = self.objective.startswith("val/") or self.objective.endswith("energy_ratio")
+        return "minimize" if lower_is_better else "maximize"
+
+
 class Config(_Section):
     """One stx run: data sets, their split roles, and the model/trainer sections."""
 
@@ -184,6 +233,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     trainer: TrainerConfig = TrainerConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
     _source: str = PrivateAttr("<embedded default>")
 
     @field_validator("datasets")

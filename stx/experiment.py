@@ -84,10 +84,12 @@ def build_model(cfg: Config, variant: Variant, table: CellTable) -> torch.nn.Mod
 
 
 def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment: str | None = None,
-                   devices: int | None = None, progress: bool = True) -> RunSummary | None:
+                   devices: int | None = None, progress: bool = True, parent_run_id: str | None = None,
+                   extra_tags: dict[str, str] | None = None, callbacks: tuple = ()) -> RunSummary | None:
     """Train (unless baseline), evaluate on the held-out split, and track everything.
 
-    Returns None in DDP worker processes, which only train.
+    `parent_run_id` nests the run (sweep trials); `callbacks` are extra Lightning callbacks
+    (a sweep's pruning reporter). Returns None in DDP worker processes, which only train.
     """
     import lightning as L
 
@@ -122,8 +124,9 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
         tags["stx.git_commit"] = commit
     params = {**flatten(cfg), "variant": variant.name, "n_trainable_params": str(trainable),
               "n_total_params": str(total)}
+    tags.update(extra_tags or {})
 
-    with tracked_run(tracking_uri, experiment, run_name, tags, params) as run:
+    with tracked_run(tracking_uri, experiment, run_name, tags, params, parent_run_id) as run:
         out_dir = Path(cfg.tracking.output_dir).resolve() / run.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         os.environ[RUN_DIR_ENV] = str(out_dir)
@@ -131,7 +134,8 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
 
         buffer = MetricBuffer(sink=run.log_rows)
         run.log_metrics({"trainable_fraction": trainable / total})
-        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux)
+        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
+                            callbacks)
         metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer,
                                                fit_result, start)
         version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
@@ -156,7 +160,8 @@ def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
 
 
 def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
-           devices: int | None, buffer, progress: bool, train: bool = True, aux: tuple = ()):  # noqa: ANN001
+           devices: int | None, buffer, progress: bool, train: bool = True, aux: tuple = (),
+           callbacks: tuple = ()):
     from stx.tracking.buffer import MetricBuffer
     from stx.train.fit import fit, make_loaders
     from stx.train.module import STSystem
@@ -175,6 +180,7 @@ def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, 
 
     layers = mhc_layers(model)
     extra = (MHCMonitor(system.buffer, layers, cfg.trainer.log_every_n_steps),) if layers else ()
+    extra = (*extra, *callbacks)
     return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress,
                extra_callbacks=extra, velocity_source=cfg.model.velocity.source)
 

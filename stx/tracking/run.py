@@ -25,6 +25,10 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 
 
+class RunPruned(Exception):
+    """Raised inside a run that a sweep's pruner stopped: the run ends KILLED, tagged PRUNED."""
+
+
 @dataclass
 class TrackedRun:
     """Handle of an open run: ids, and batched logging."""
@@ -119,12 +123,15 @@ def connect(uri: str) -> object:
 
 @contextmanager
 def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                params: dict[str, str]) -> Iterator[TrackedRun]:
-    """Open a run, yield its handle, and end it with the right status whatever happens."""
+                params: dict[str, str], parent_run_id: str | None = None) -> Iterator[TrackedRun]:
+    """Open a run (nested under `parent_run_id` if given), yield its handle, and end it with
+    the right status whatever happens."""
     import mlflow
 
     client = connect(uri)
     experiment_id = ensure_experiment(client, experiment, uri)
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id, "stx.parent": parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags={k: mask_secrets(v) for k, v in tags.items()})
     handle = TrackedRun(client, run.info.run_id, experiment_id, uri)
     status = "FAILED"
@@ -135,6 +142,10 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
     except KeyboardInterrupt:
         status = "KILLED"
         _record_error(handle, "interrupted by the user (Ctrl-C or SIGTERM)")
+        raise
+    except RunPruned as err:
+        status = "KILLED"
+        handle.set_tags({"stx.trial_state": "PRUNED", "stx.pruned": str(err)})
         raise
     except BaseException as err:
         _record_error(handle, f"{err.__class__.__name__}: {err}", traceback.format_exc())

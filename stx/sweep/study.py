@@ -1,0 +1,245 @@
+"""`stx sweep`: an Optuna study whose trials are ordinary stx runs, nested under one parent
+MLflow run, over any Optuna RDB storage (sqlite by default, PostgreSQL for teams)."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+
+from stx.errors import StxError
+from stx.tracking.run import RunPruned
+from stx.tracking.store import DEFAULT_DIR, mask_secrets
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "random", "cmaes")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """Everything a worker process needs (picklable)."""
+
+    variant: str
+    n_trials: int
+    config_path: str | None = None
+    overrides: tuple[str, ...] = ()
+    storage: str | None = None
+    study: str | None = None
+    workers: int = 1
+    timeout: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    resume: bool = False
+    tracking_uri: str = ""
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """What a finished study produced."""
+
+    study: str
+    storage: str
+    parent_run_id: str
+    n_trials: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, object]
+    best_run_id: str | None
+    champion: str | None
+    seconds: float
+
+
+def default_storage() -> str:
+    """`sqlite:///mlruns/optuna.db`, next to the embedded MLflow store."""
+    root = DEFAULT_DIR.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'optuna.db'}"
+
+
+def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
+    """Optuna RDB storage with heartbeats: trials of a dead worker are failed and retried once."""
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60,
+                                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    except Exception as err:
+        first = mask_secrets(str(err)).splitlines()[0][:200]
+        raise StxError(f"Optuna storage {mask_secrets(url)} is not reachable ({err.__class__.__name__}: {first}); "
+                       f"check --storage") from None
+
+
+def make_sampler(name: str, seed: int):  # noqa: ANN201
+    """Seeded sampler by name."""
+    import optuna
+
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed)}[name]()
+
+
+def make_pruner(name: str):  # noqa: ANN201
+    """Pruner by name; the median pruner waits for 2 finished trials and 1 validation."""
+    import optuna
+
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+            "none": lambda: optuna.pruners.NopPruner()}[name]()
+
+
+class PruningReporter(L.Callback):
+    """Reports each validation loss to the trial and stops the run when the pruner says so."""
+
+    def __init__(self, trial):  # noqa: ANN001
+        self.trial = trial
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if value is None or trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        self.trial.report(float(value), step)
+        if self.trial.should_prune():
+            raise RunPruned(f"pruned by the sweep at step {step} (val/loss {float(value):.4f})")
+
+
+def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: ANN001
+    """One trial = one `run_experiment` with sampled overrides; returns the objective metric."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from stx.config import load_config
+    from stx.experiment import run_experiment
+    from stx.sweep.space import as_overrides, search_space, suggest
+    from stx.variants import resolve_variant
+
+    base = load_config(req.config_path, req.overrides)
+    values = suggest(trial, search_space(resolve_variant(req.variant), base.sweep.params, base.sweep.fixed))
+    cfg = load_config(req.config_path, [*req.overrides, *as_overrides(base.sweep.fixed), *as_overrides(values)])
+    callbacks = (PruningReporter(trial),) if req.pruner != "none" else ()
+    try:
+        summary = run_experiment(cfg, req.variant, req.tracking_uri, experiment=req.experiment, progress=False,
+                                 parent_run_id=parent_run_id, callbacks=callbacks,
+                                 extra_tags={"stx.study": str(req.study), "stx.trial": str(trial.number)})
+    except RunPruned:
+        raise optuna.TrialPruned() from None
+    trial.set_user_attr("mlflow_run_id", summary.run_id)
+    if summary.model_version:
+        trial.set_user_attr("model_version", summary.model_version)
+    metrics = MlflowClient(req.tracking_uri).get_run(summary.run_id).data.metrics
+    if base.sweep.objective not in metrics:
+        raise StxError(f"sweep.objective '{base.sweep.objective}' was not logged by run {summary.run_id}")
+    return float(metrics[base.sweep.objective])
+
+
+def _worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) -> None:
+    """Run trials until the study has `n_trials` (shared across workers and machines)."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=req.study, storage=make_storage(storage_url),
+                              sampler=make_sampler(req.sampler, seed), pruner=make_pruner(req.pruner))
+    study.optimize(partial(objective, req, parent_run_id), timeout=req.timeout, catch=(Exception,),
+                   callbacks=[MaxTrialsCallback(req.n_trials, states=None)])
+
+
+def _spawned_worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) -> None:
+    from stx.cli import _setup_logging
+
+    _setup_logging(False)
+    _worker(req, parent_run_id, storage_url, seed)
+
+
+def run_sweep(req: SweepRequest) -> SweepSummary:
+    """Create (or resume) the study, run the workers under a parent MLflow run, summarise."""
+    import optuna
+
+    from stx.config import flatten, load_config
+    from stx.tracking.run import tracked_run
+
+    start = time.perf_counter()
+    cfg = load_config(req.config_path, req.overrides)
+    storage_url = req.storage or default_storage()
+    study_name = req.study or f"{req.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+    req = SweepRequest(**{**req.__dict__, "study": study_name, "storage": storage_url,
+                          "experiment": req.experiment or cfg.experiment_name()})
+    storage = make_storage(storage_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exists = study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if exists and not req.resume:
+        raise StxError(f"study '{study_name}' already exists in {mask_secrets(storage_url)}; pass --resume to "
+                       f"continue it or choose another --study")
+    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
+                                direction=cfg.sweep.resolved_direction(),
+                                sampler=make_sampler(req.sampler, cfg.trainer.seed), pruner=make_pruner(req.pruner))
+    tags = {"stx.kind": "sweep", "stx.study": study_name, "stx.storage": mask_secrets(storage_url),
+            "stx.sweep_variant": req.variant}
+    params = {"sweep.variant": req.variant, "sweep.n_trials": str(req.n_trials), "sweep.sampler": req.sampler,
+              "sweep.pruner": req.pruner, "sweep.workers": str(req.workers), "sweep.objective": cfg.sweep.objective,
+              "sweep.direction": study.direction.name.lower(),
+              **{f"config.{k}": v for k, v in flatten(cfg).items()}}
+    with tracked_run(req.tracking_uri, req.experiment, f"sweep-{study_name}", tags, params) as parent:
+        if req.workers <= 1:
+            _worker(req, parent.run_id, storage_url, cfg.trainer.seed)
+        else:
+            context = multiprocessing.get_context("spawn")
+            procs = [context.Process(target=_spawned_worker, args=(req, parent.run_id, storage_url,
+                                                                   cfg.trainer.seed + k)) for k in range(req.workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            failed = [p.exitcode for p in procs if p.exitcode != 0]
+            if failed:
+                raise RuntimeError(f"{len(failed)} sweep worker(s) exited with codes {failed}")
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return _summarise(study, req, parent, storage_url, start)
+
+
+def _summarise(study, req: SweepRequest, parent, storage_url: str, start: float) -> SweepSummary:  # noqa: ANN001
+    import optuna
+    from mlflow import MlflowClient
+
+    from stx.sweep.plots import study_plots
+
+    states = {s.name: 0 for s in optuna.trial.TrialState}
+    for t in study.trials:
+        states[t.state.name] += 1
+    out = Path(req.tracking_uri.removeprefix("sqlite:///")).parent / "sweeps" / study.study_name \
+        if req.tracking_uri.startswith("sqlite:///") else Path("stx_outputs") / "sweeps" / study.study_name
+    out.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    study_plots(study, out)
+    parent.log_artifact(out, "sweep")
+    parent.log_metrics({f"trials/{k.lower()}": v for k, v in states.items() if v})
+    best_value = best_run = champion = None
+    best_params: dict[str, object] = {}
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if completed:
+        best = study.best_trial
+        best_value, best_params = best.value, dict(best.params)
+        best_run = best.user_attrs.get("mlflow_run_id")
+        parent.log_metrics({"best_value": best_value})
+        parent.log_params({f"best.{k}": str(v) for k, v in best_params.items()})
+        version = best.user_attrs.get("model_version")
+        if version:
+            from stx.variants import resolve_variant
+
+            name = f"stx-{resolve_variant(req.variant).name}"
+            MlflowClient(req.tracking_uri, registry_uri=req.tracking_uri).set_registered_model_alias(
+                name, "champion", version)
+            champion = f"models:/{name}@champion (version {version})"
+        parent.set_tags({"stx.best_run": best_run or "", "stx.champion": champion or ""})
+    return SweepSummary(study.study_name, mask_secrets(storage_url), parent.run_id,
+                        {k: v for k, v in states.items() if v}, best_value, best_params, best_run, champion,
+                        time.perf_counter() - start)

@@ -1,0 +1,61 @@
+"""Throwaway real services for tests, on 127.0.0.1, stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: use the machine's postgres account then
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def postgres_available() -> bool:
+    return shutil.which("initdb") is not None and shutil.which("pg_ctl") is not None
+
+
+@contextmanager
+def postgresql(database: str = "stx") -> Iterator[str]:
+    """A fresh PostgreSQL cluster (initdb + pg_ctl) on a free port; yields a SQLAlchemy URL.
+
+    Its folder lives directly under the system temp dir: pytest's tmp dirs are private to
+    root, and the server runs as the postgres account when the tests run as root.
+    """
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="stx-pg-"))
+    os.chmod(tmp, 0o755)
+    data, sock = tmp / "pgdata", tmp / "pgsock"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(sock, "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres_user(["initdb", "-D", str(data), "-A", "trust", "-U", "stx", "--no-sync"]),
+                   check=True, capture_output=True)
+    log = tmp / "pg.log"
+    subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o",
+                                      f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off"]) + ["start"],
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(_as_postgres_user(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "stx", database]),
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://stx@127.0.0.1:{port}/{database}"
+    finally:
+        subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Sweeps end to end: Optuna trial states mirrored in MLflow, champion alias, PostgreSQL workers."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from stx.cli import cli
+from tests.services import postgres_available, postgresql
+
+FAST = ["--set", "trainer.max_steps=8", "--set", "trainer.val_every_n_steps=4", "--set", "trainer.batch_size=4",
+        "--set", "trainer.cell_set_len=16", "--set", "tracking.projection=pca", "--set", "trainer.log_every_n_steps=4"]
+
+
+@pytest.fixture
+def config(tmp_path, demo_path):
+    path = tmp_path / "config.toml"
+    path.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n'
+                    '[sweep.params."model.lora.r"]\ntype = "categorical"\nchoices = [2, 4]\n')
+    return path
+
+
+def _sweep(tmp_path, monkeypatch, config, *args):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return CliRunner().invoke(cli, ["sweep", "--variant", "lora", "--config", str(config), *FAST, *args])
+
+
+def _children(client, parent_id):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_small_study_nests_trials_and_sets_the_champion(tmp_path, monkeypatch, config):
+    result = _sweep(tmp_path, monkeypatch, config, "--n-trials", "3", "--study", "s1", "--pruner", "none")
+    assert result.exit_code == 0, result.output
+    assert "Study 's1'" in result.output and "Champion: models:/stx-lora@champion" in result.output
+    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
+    study = optuna.load_study(study_name="s1", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    parent = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id],
+                                "tags.`stx.kind` = 'sweep'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["stx.study"] == "s1"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.params["model.lora.r"] for c in children} <= {"2", "4"}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/trials.csv", "sweep/optimization_history.png"} <= artifacts
+    champion = client.get_model_version_by_alias("stx-lora", "champion")
+    assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    # a second sweep with the same name needs --resume
+    again = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1")
+    assert again.exit_code == 2 and "already exists" in again.output and "--resume" in again.output
+    resumed = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--resume", "--pruner", "none")
+    assert resumed.exit_code == 0, resumed.output
+    assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 4
+
+
+def test_pruned_and_failed_trials_in_optuna_and_mlflow(tmp_path, monkeypatch, config):
+    from stx.sweep import study as study_module
+    from stx.train.module import STSystem
+
+    calls = {"n": 0}
+    original = STSystem.training_step
+
+    def flaky(self, batch, batch_idx):
+        if calls["n"] == 0 and self.global_step == 2:
+            calls["n"] += 1
+            raise RuntimeError("injected failure")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(STSystem, "training_step", flaky)
+
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.number == 1
+
+    monkeypatch.setattr(study_module, "make_pruner", lambda name: AlwaysPrune())
+    result = _sweep(tmp_path, monkeypatch, config, "--n-trials", "3", "--study", "s2")
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="s2", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db").trials
+    assert [t.state.name for t in trials] == ["FAIL", "PRUNED", "COMPLETE"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    parent = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id],
+                                "tags.`stx.kind` = 'sweep'")[0]
+    by_trial = {c.data.tags["stx.trial"]: c for c in _children(client, parent.info.run_id)}
+    assert by_trial["0"].info.status == "FAILED" and "injected failure" in by_trial["0"].data.tags["stx.error"]
+    assert by_trial["1"].info.status == "KILLED" and by_trial["1"].data.tags["stx.trial_state"] == "PRUNED"
+    assert by_trial["2"].info.status == "FINISHED"
+
+
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL binaries (initdb, pg_ctl) not installed")
+def test_two_workers_share_a_postgresql_study(tmp_path, monkeypatch, config):
+    with postgresql() as url:
+        result = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "pg", "--workers", "2",
+                        "--storage", url, "--pruner", "none")
+        assert result.exit_code == 0, result.output
+        trials = optuna.load_study(study_name="pg", storage=url).trials
+    assert len(trials) == 4 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert len({t.number for t in trials}) == 4
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == 4  # no trial lost or run twice
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert {client.get_run(r).info.status for r in run_ids} == {"FINISHED"}
