@@ -19,6 +19,7 @@ from stx.config import Config, flatten, to_toml
 from stx.data.load import CellTable, file_sha256, load_cells
 from stx.data.split import TEST, Split, make_split
 from stx.errors import StxError
+from stx.tracking.buffer import MetricBuffer
 from stx.variants import Variant, resolve_variant
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,8 @@ def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
 
 
 def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
-           devices: int | None, buffer, progress: bool, train: bool = True, aux: tuple = (),
-           callbacks: tuple = ()):
+           devices: int | None, buffer: MetricBuffer | None, progress: bool, train: bool = True,
+           aux: tuple = (), callbacks: tuple = ()):
     from stx.tracking.buffer import MetricBuffer
     from stx.train.fit import fit, make_loaders
     from stx.train.module import STSystem

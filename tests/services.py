@@ -48,8 +48,8 @@ def postgresql(database: str = "stx") -> Iterator[str]:
     subprocess.run(_as_postgres_user(["initdb", "-D", str(data), "-A", "trust", "-U", "stx", "--no-sync"]),
                    check=True, capture_output=True)
     log = tmp / "pg.log"
-    subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o",
-                                      f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off"]) + ["start"],
+    options = f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off"
+    subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o", options, "start"]),
                    check=True, capture_output=True)
     try:
         subprocess.run(_as_postgres_user(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "stx", database]),
