@@ -103,6 +103,7 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     version = client.get_model_version("stx-lora", "1")
     assert version.run_id == run.info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/stx-lora/1")
     emb = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
     frame = pd.DataFrame(emb)
@@ -261,6 +262,7 @@ def test_lora_mhc_logs_mhc_metrics_and_registers_a_loadable_model(workdir, monke
         assert run.data.metrics["mhc/ds_error"] < 1e-5
     version = run.data.tags["stx.registered_model"]
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     frame = pd.DataFrame(np.zeros((5, 64), np.float32))
     frame["condition"] = "Burn"
     assert mlflow.pyfunc.load_model(version).predict(frame).shape == (5, 64)

@@ -9,6 +9,7 @@ is `TrackedRun.log_rows` (batched `log_batch` calls).
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -108,9 +109,17 @@ def connect(uri: str) -> object:
     from mlflow import MlflowClient
 
     # the fluent API (model logging) must agree with the client, and the registry lives in the
-    # same store: never a registry URI left over from an earlier call in this process
+    # same store: never a registry URI left over from an earlier call in this process.
+    # MLflow also exports the URI to MLFLOW_TRACKING_URI; undo that, or the next command in
+    # this process would take it for the user's choice (precedence: flag > env > default).
+    previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.search_experiments(max_results=1)
