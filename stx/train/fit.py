@@ -23,33 +23,44 @@ from stx.train.module import STSystem
 log = logging.getLogger(__name__)
 
 
-class _SetStream(IterableDataset):
-    """An endless stream of batches; each DDP rank draws with its own seed."""
+class SetStream(IterableDataset):
+    """An endless stream of batches; each DDP rank draws with its own seed.
+
+    It remembers the sampler's random state before each of its last draws, so a checkpoint
+    can store the state of the next batch training will consume (Lightning prefetches one
+    batch ahead), and `restore()` makes a resumed run draw exactly the sets an
+    uninterrupted run would.
+    """
 
     def __init__(self, sampler: SetSampler, seed: int):
         self.sampler = sampler
         self.seed = seed
+        self.draws = 0
+        self._history: dict[int, torch.Tensor] = {}
+        self._restored: tuple[int, torch.Tensor] | None = None
+
+    def state_at(self, batch_index: int) -> torch.Tensor | None:
+        """The sampler state just before batch `batch_index` was drawn (recent batches only)."""
+        return self._history.get(batch_index)
+
+    def restore(self, batch_index: int, state: torch.Tensor) -> None:
+        """Continue at batch `batch_index` from `state` at the next iteration."""
+        self._restored = (batch_index, state)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        self.sampler.generator.manual_seed(self.seed + 7919 * rank)
-        return iter(self.sampler)
-
-
-def _progress_bar_class():
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    class StepProgress(RichProgressBar):
-        """Rich progress over optimizer steps (the stream has no epochs to count)."""
-
-        def _get_train_description(self, current_epoch: int) -> str:
-            return "training"
-
-    return StepProgress
-
-
-def _StepProgress(**kwargs):
-    return _progress_bar_class()(**kwargs)
+        if self._restored is not None:
+            self.draws, state = self._restored
+            self.sampler.generator.set_state(state)
+            self._restored = None
+        else:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            self.sampler.generator.manual_seed(self.seed + 7919 * rank)
+            self.draws = 0
+        while True:
+            self._history[self.draws] = self.sampler.generator.get_state()
+            self._history.pop(self.draws - 8, None)
+            self.draws += 1
+            yield self.sampler.sample()
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig,
     """The training stream and the fixed validation batches."""
     train = SetSampler(table, split.mask(TRAIN), tcfg.batch_size, tcfg.cell_set_len, seed=tcfg.seed,
                        velocity_source=velocity_source)
-    train_loader = DataLoader(_SetStream(train, tcfg.seed), batch_size=None, num_workers=0)
+    train_loader = DataLoader(SetStream(train, tcfg.seed), batch_size=None, num_workers=0)
     val_loader = None
     if np.any(split.mask(VAL)):
         try:
@@ -103,6 +114,7 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     train_loader, val_loader = make_loaders(table, split, tcfg, velocity_source)
+    system.stream = train_loader.dataset  # its random state goes into every checkpoint
     ckpt_dir = out_dir / "checkpoints"
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
                                every_n_train_steps=tcfg.checkpoint_every_n_steps, auto_insert_metric_name=False)

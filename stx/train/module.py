@@ -60,6 +60,22 @@ class STSystem(L.LightningModule):
         self.aux = aux
         self._val_losses: list[torch.Tensor] = []
         self.best_val = float("inf")
+        self.stream = None  # the training SetStream, set by fit()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning saves weights, optimizer, scheduler and step; the set sampler's and torch's
+        # random states make a resumed run draw and drop out exactly as an uninterrupted one
+        state = self.stream.state_at(self.global_step) if self.stream is not None else None
+        checkpoint["stx_rng"] = {"torch": torch.get_rng_state(), "sampler": state, "batch": self.global_step}
+        checkpoint["stx_best_val"] = self.best_val
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("stx_rng") or {}
+        if rng.get("torch") is not None:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("sampler") is not None and self.stream is not None:
+            self.stream.restore(rng["batch"], rng["sampler"])
+        self.best_val = checkpoint.get("stx_best_val", self.best_val)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Predicted perturbed embeddings [B, S, D]."""

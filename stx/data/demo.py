@@ -1,0 +1,256 @@
+"""Synthetic burn-vs-sham wound-healing data with a known answer.
+
+The generator follows the layout of the real study (conditions Sham/Burn, cell types in
+`cell_types_simple_short`, mice in `mouse_id`, days 10/14/19, embeddings in `obsm`) and
+is built so that every number stx reports can be checked against the truth:
+
+* Expression follows the two-state RNA kinetic model scVelo assumes (transcription,
+  splicing at rate beta, degradation at rate gamma), per cell type along a latent time,
+  so `spliced`/`unspliced` count layers carry a recoverable velocity.
+* The embedding is a fixed linear map of log-normalised spliced expression
+  (`varm["state_loadings"]`), standing in for a State embedding.
+* Burn (1) pushes cells further along their trajectory and (2) induces two gene programs
+  whose balance moves smoothly from day 10 to day 19, differently per cell type; mice add
+  gene-wise batch effects. The true Burn shift per (cell type, day) and each cell's true
+  velocity in the embedding are stored in `uns["truth"]` and `obsm["truth_velocity"]`.
+
+A `SyntheticWorld` (genes, kinetics, programs, loadings) is fixed by its own seed, so
+data sets generated with other seeds (and the multi-drug pretraining set of stx-mini)
+live in the same embedding space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+CELL_TYPES = ("Fib", "Kera", "Mac", "Endo", "Tcell", "Neut")
+SHAM_PROPORTIONS = np.array([0.30, 0.25, 0.15, 0.12, 0.10, 0.08])
+BURN_PROPORTIONS = np.array([0.26, 0.20, 0.22, 0.10, 0.08, 0.14])  # wounds recruit myeloid cells
+DAYS = (10, 14, 19)
+CONTROL, PERTURBED = "Sham", "Burn"
+EMBED_KEY = "X_state"
+WORLD_SEED = 20251124
+T_MAX = 10.0
+
+
+def _kinetics(t: np.ndarray, t_switch: np.ndarray, alpha_on: np.ndarray, alpha_off: np.ndarray,
+              beta: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unspliced and spliced abundance at latent time t (closed form, piecewise constant alpha).
+
+    Cells start at the steady state of `alpha_off`, transcribe at `alpha_on` until
+    `t_switch`, then relax back. Shapes broadcast as [cells, genes].
+    """
+
+    def evolve(u0: np.ndarray, s0: np.ndarray, alpha: np.ndarray, tau: np.ndarray):
+        eb, eg = np.exp(-beta * tau), np.exp(-gamma * tau)
+        u = u0 * eb + alpha / beta * (1 - eb)
+        s = s0 * eg + alpha / gamma * (1 - eg) + (alpha - beta * u0) / (gamma - beta) * (eg - eb)
+        return u, s
+
+    u0, s0 = alpha_off / beta, alpha_off / gamma
+    on_time = np.minimum(t, t_switch)
+    u1, s1 = evolve(u0, s0, alpha_on, on_time)
+    us, ss = evolve(u0, s0, alpha_on, t_switch)
+    u2, s2 = evolve(us, ss, alpha_off, np.maximum(t - t_switch, 0.0))
+    after = t > t_switch
+    return np.where(after, u2, u1), np.where(after, s2, s1)
+
+
+def time_push(day: np.ndarray) -> np.ndarray:
+    """How far Burn pushes cells along their trajectory: strongest early, fading by day 19."""
+    return np.exp(-(np.asarray(day, float) - 10.0) / 8.0)
+
+
+def program_weights(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the early (inflammatory) and late (remodelling) Burn programs."""
+    day = np.asarray(day, float)
+    return np.exp(-(day - 10.0) / 6.0), 1.0 - 0.8 * np.exp(-(day - 10.0) / 6.0)
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """Genes, kinetics, cell-type programs and the embedding map, fixed by `seed`."""
+
+    n_genes: int = 256
+    n_dims: int = 64
+    seed: int = WORLD_SEED
+
+    @cached_property
+    def params(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        g, k = self.n_genes, len(CELL_TYPES)
+        beta = np.exp(rng.uniform(np.log(0.6), np.log(2.0), g))
+        gamma = np.exp(rng.uniform(np.log(0.15), np.log(0.5), g))
+        level = rng.normal(0.0, 1.0, (k, g)) + 1.0
+        dynamic = rng.random((k, g)) < 0.45
+        alpha_off = np.exp(level) * 0.3
+        alpha_on = np.where(dynamic, alpha_off * np.exp(rng.uniform(1.0, 2.5, (k, g))), alpha_off)
+        t_switch = rng.uniform(0.45, 0.9, (k, g)) * T_MAX
+        programs = np.zeros((2, k, g))
+        for c in range(k):
+            genes = rng.permutation(g)
+            programs[0, c, genes[:20]] = rng.uniform(0.6, 1.4, 20)
+            programs[1, c, genes[20:40]] = rng.uniform(0.6, 1.4, 20)
+        loadings = np.linalg.qr(rng.normal(size=(g, self.n_dims)))[0] * 3.0
+        return {
+            "beta": beta, "gamma": gamma, "alpha_on": alpha_on, "alpha_off": alpha_off,
+            "t_switch": t_switch, "programs": programs, "loadings": loadings,
+            "push": rng.uniform(0.8, 2.0, k), "program_scale": rng.uniform(1.2, 2.0, k),
+        }
+
+    def abundance(self, cell_type: np.ndarray, t: np.ndarray, log_alpha_shift: np.ndarray | None = None):
+        """Expected (unspliced, spliced) per cell, [cells, genes], before batch effects."""
+        p = self.params
+        on = p["alpha_on"][cell_type]
+        if log_alpha_shift is not None:
+            on = on * np.exp(log_alpha_shift)
+        return _kinetics(t[:, None], p["t_switch"][cell_type], on, p["alpha_off"][cell_type],
+                         p["beta"], p["gamma"])
+
+    @cached_property
+    def reference_mean(self) -> np.ndarray:
+        """Centre of the embedding: mean log expression over cell types mid-trajectory."""
+        ct = np.repeat(np.arange(len(CELL_TYPES)), 50)
+        t = np.tile(np.linspace(0, T_MAX, 50), len(CELL_TYPES))
+        _, s = self.abundance(ct, t)
+        return log_normalise(s).mean(0)
+
+    def embed(self, log_expression: np.ndarray) -> np.ndarray:
+        """The stand-in State embedding: centred log expression times fixed loadings."""
+        return ((log_expression - self.reference_mean) @ self.params["loadings"]).astype(np.float32)
+
+    def expected_embedding(self, cell_type: np.ndarray, t: np.ndarray,
+                           log_alpha_shift: np.ndarray | None = None) -> np.ndarray:
+        """Noise-free embedding of cells (no counting noise, no batch effect)."""
+        return self.embed(log_normalise(self.abundance(cell_type, t, log_alpha_shift)[1]))
+
+    def burn_effect(self, cell_type: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(time push [cells], log transcription-rate change [cells, genes]) of Burn."""
+        p = self.params
+        w_early, w_late = program_weights(day)
+        log_shift = p["program_scale"][cell_type][:, None] * (
+            w_early[:, None] * p["programs"][0, cell_type] + w_late[:, None] * p["programs"][1, cell_type]
+        )
+        return p["push"][cell_type] * time_push(day), log_shift
+
+
+def log_normalise(counts: np.ndarray, target: float = 1e4) -> np.ndarray:
+    """log1p of counts scaled to `target` per cell (what scanpy's normalize_total + log1p do)."""
+    total = np.maximum(counts.sum(1, keepdims=True), 1e-12)
+    return np.log1p(counts / total * target)
+
+
+def make_wound_healing(n_cells: int = 6000, seed: int = 0, n_mice_per_group: int = 5,
+                       world: SyntheticWorld | None = None):
+    """Generate the synthetic burn/sham data set as an AnnData (see the module docstring)."""
+    import anndata as ad
+
+    if n_cells < 100:
+        raise ValueError("n_cells must be at least 100")
+    world = world or SyntheticWorld()
+    p = world.params
+    rng = np.random.default_rng(seed)
+
+    # mice are nested in (condition, day), as in a wound time course with one biopsy per mouse
+    mice = [(cond, day) for cond in (CONTROL, PERTURBED) for day in DAYS for _ in range(n_mice_per_group)]
+    per_mouse = np.full(len(mice), n_cells // len(mice))
+    per_mouse[: n_cells - per_mouse.sum()] += 1
+    cond = np.repeat([m[0] for m in mice], per_mouse)
+    day = np.repeat([m[1] for m in mice], per_mouse)
+    mouse = np.repeat(np.arange(len(mice)), per_mouse)
+    burn = cond == PERTURBED
+    props = np.where(burn[:, None], BURN_PROPORTIONS, SHAM_PROPORTIONS)
+    cell_type = (rng.random(n_cells)[:, None] > np.cumsum(props, 1)).sum(1)
+
+    t = np.clip(rng.normal(0.5 * T_MAX, 0.15 * T_MAX, n_cells), 0.0, T_MAX)
+    push, log_shift = world.burn_effect(cell_type, day)
+    t_obs = np.where(burn, np.minimum(t + push, T_MAX * 1.2), t)
+    shift_obs = np.where(burn[:, None], log_shift, 0.0)
+    u, s = world.abundance(cell_type, t_obs, shift_obs)
+
+    mouse_gene = np.exp(rng.normal(0.0, 0.04, (len(mice), world.n_genes)))[mouse]
+    mouse_depth = np.exp(rng.normal(0.0, 0.2, len(mice)))[mouse]
+    depth = 8000.0 * mouse_depth * np.exp(rng.normal(0.0, 0.3, n_cells))
+    scale = (depth / (s * mouse_gene).sum(1))[:, None] * mouse_gene
+    spliced = rng.poisson(s * scale).astype(np.float32)
+    unspliced = rng.poisson(u * scale).astype(np.float32)
+    embedding = world.embed(log_normalise(spliced))
+
+    truth_velocity = _embedding_velocity(world, cell_type, t_obs, shift_obs)
+    truth = _true_shifts(world, cell_type, day, t, burn)
+
+    obs = pd.DataFrame(
+        {
+            "condition": pd.Categorical(cond, categories=[CONTROL, PERTURBED]),
+            "cell_types_simple_short": pd.Categorical(np.asarray(CELL_TYPES)[cell_type], categories=CELL_TYPES),
+            "mouse_id": pd.Categorical([f"M{m + 1:02d}" for m in mouse]),
+            "day": day.astype(np.int64),
+            "truth_latent_time": t_obs.astype(np.float32),
+        },
+        index=[f"cell{i:06d}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(
+        {"truth_beta": p["beta"], "truth_gamma": p["gamma"]},
+        index=[f"Gene{g + 1:04d}" for g in range(world.n_genes)],
+    )
+    adata = ad.AnnData(
+        X=sp.csr_matrix(spliced),
+        obs=obs,
+        var=var,
+        layers={"spliced": sp.csr_matrix(spliced), "unspliced": sp.csr_matrix(unspliced)},
+        obsm={EMBED_KEY: embedding, "truth_velocity": truth_velocity},
+        varm={"state_loadings": p["loadings"].astype(np.float32)},
+    )
+    adata.uns["stx_demo"] = {
+        "generator": "stx.data.demo.make_wound_healing",
+        "seed": seed,
+        "world_seed": world.seed,
+        "embedding": "(log1p(normalize_total(spliced, 1e4)) - reference_mean) @ varm['state_loadings']",
+        "reference_mean": world.reference_mean.astype(np.float32),
+    }
+    adata.uns["truth"] = truth
+    return adata
+
+
+def _embedding_velocity(world: SyntheticWorld, cell_type: np.ndarray, t: np.ndarray,
+                        log_shift: np.ndarray, h: float = 1e-2) -> np.ndarray:
+    """d/dt of each cell's noise-free embedding along its trajectory (central difference)."""
+    ahead = world.expected_embedding(cell_type, t + h, log_shift)
+    behind = world.expected_embedding(cell_type, t - h, log_shift)
+    return ((ahead - behind) / (2 * h)).astype(np.float32)
+
+
+def _true_shifts(world: SyntheticWorld, cell_type: np.ndarray, day: np.ndarray,
+                 t: np.ndarray, burn: np.ndarray) -> dict:
+    """Mean Burn-minus-Sham embedding shift per (cell type, day), from counterfactuals.
+
+    Each Sham cell is re-simulated as if burned (same latent time, no batch effect or
+    counting noise); the group's true shift is the mean difference of the two embeddings.
+    """
+    sham = ~burn
+    ct, dy, ts = cell_type[sham], day[sham], t[sham]
+    push, log_shift = world.burn_effect(ct, dy)
+    delta = world.expected_embedding(ct, np.minimum(ts + push, T_MAX * 1.2), log_shift) - \
+        world.expected_embedding(ct, ts)
+    groups = sorted({(int(c), int(d)) for c, d in zip(ct, dy, strict=True)})
+    shift = np.stack([delta[(ct == c) & (dy == d)].mean(0) for c, d in groups])
+    return {
+        "cell_type": np.array([CELL_TYPES[c] for c, _ in groups], dtype=object),
+        "day": np.array([d for _, d in groups], dtype=np.int64),
+        "shift": shift.astype(np.float32),
+        "description": "mean counterfactual Burn-minus-Sham shift in obsm['X_state'] per group",
+    }
+
+
+def true_shift_table(adata) -> dict[tuple[str, int], np.ndarray]:
+    """`uns["truth"]` as {(cell type, day): shift vector}."""
+    truth = adata.uns["truth"]
+    return {
+        (str(c), int(d)): np.asarray(v)
+        for c, d, v in zip(truth["cell_type"], truth["day"], truth["shift"], strict=True)
+    }

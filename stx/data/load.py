@@ -1,0 +1,380 @@
+"""Read the configured `.h5ad` files into one validated `CellTable`.
+
+Only what training needs is read (obs and one obsm matrix), straight from the HDF5 file,
+so a 30,000-gene `X` is never loaded when the embedding lives in `obsm`. Every problem is
+reported as a `DataError` naming the file, the key or column, and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stx.config import BUILTIN_PREFIX, Config, DataConfig
+from stx.errors import DataError
+
+log = logging.getLogger(__name__)
+
+NO_BATCH = "all"
+NO_TIME = "all"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What sizes the model and names its outputs: dimensions and vocabularies."""
+
+    embed_key: str
+    embed_dim: int
+    perts: tuple[str, ...]
+    control_index: int
+    cell_types: tuple[str, ...]
+    batches: tuple[str, ...]
+    days: tuple[str, ...]
+    has_time: bool
+    datasets: tuple[str, ...]
+
+    @property
+    def control(self) -> str:
+        """Label of the control condition."""
+        return self.perts[self.control_index]
+
+
+@dataclass(frozen=True, eq=False)
+class CellTable:
+    """All cells of all data sets as flat arrays; categorical columns are integer codes.
+
+    `emb` is [N, D] float32; `pert`, `cell_type`, `batch`, `day`, `dataset` are [N] int64
+    codes into the vocabularies of `spec`; `obs_names` are the cells' ids.
+    """
+
+    emb: np.ndarray
+    pert: np.ndarray
+    cell_type: np.ndarray
+    batch: np.ndarray
+    day: np.ndarray
+    dataset: np.ndarray
+    obs_names: np.ndarray
+    spec: DataSpec
+    files: tuple[Path, ...]
+    skipped_groups: tuple[tuple[str, str, str], ...] = field(default=())
+    velocity: np.ndarray | None = None  # [N, D] RNA velocity in the embedding (velocity variants)
+    velocity_weight: np.ndarray | None = None  # [N] velocity confidence (1 where none was given)
+    velocity_calibrated: bool = True  # False for transition-matrix projections (direction only)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells over all data sets."""
+        return int(self.emb.shape[0])
+
+    @property
+    def group(self) -> np.ndarray:
+        """[N] group code = cell type x day (cell type alone without a time column)."""
+        return self.cell_type * len(self.spec.days) + self.day
+
+    def group_name(self, group: int) -> tuple[str, str]:
+        """(cell type, day) of a group code."""
+        n_days = len(self.spec.days)
+        return self.spec.cell_types[group // n_days], self.spec.days[group % n_days]
+
+
+# ---------------------------------------------------------------- reading one file
+
+
+def resolve_dataset_path(path: str) -> Path:
+    """A configured data set path; `builtin:demo` resolves to the cached demo file."""
+    if path.startswith(BUILTIN_PREFIX):
+        from stx.data.builtin import builtin_dataset
+
+        return builtin_dataset(path.removeprefix(BUILTIN_PREFIX))
+    return Path(path)
+
+
+def open_h5ad(path: Path):
+    """Open an `.h5ad` for reading, or raise a DataError saying what is wrong with it."""
+    import h5py
+
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an .h5ad file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: not a readable .h5ad (HDF5) file ({err.__class__.__name__}: "
+                        f"{str(err).split(';')[0][:120]})") from None
+    if "obs" not in handle:
+        handle.close()
+        raise DataError(f"{path}: HDF5 file has no 'obs' group; is it an AnnData .h5ad?")
+    return handle
+
+
+def read_obs(handle, path: Path) -> pd.DataFrame:
+    """The obs table of an open `.h5ad`."""
+    from anndata.io import read_elem
+
+    try:
+        return read_elem(handle["obs"])
+    except Exception as err:  # a damaged file can fail anywhere inside anndata
+        raise DataError(f"{path}: cannot read obs ({err.__class__.__name__}: {err})") from None
+
+
+def read_matrix(handle, path: Path, key: str) -> np.ndarray:
+    """`X` or `obsm[key]` of an open `.h5ad` as dense float32 [N, D]."""
+    from anndata.io import read_elem
+
+    if key == "X":
+        if "X" not in handle:
+            raise DataError(f"{path}: has no X matrix (data.embed_key = 'X')")
+        node = handle["X"]
+    else:
+        keys = sorted(handle["obsm"].keys()) if "obsm" in handle else []
+        if key not in keys:
+            hint = f"; available: {', '.join(keys)}" if keys else "; the file has no obsm entries"
+            raise DataError(f"{path}: obsm['{key}'] not found (data.embed_key){hint}")
+        node = handle["obsm"][key]
+    try:
+        value = read_elem(node)
+    except Exception as err:
+        raise DataError(f"{path}: cannot read {_where(key)} ({err.__class__.__name__}: {err})") from None
+    if isinstance(value, pd.DataFrame):
+        value = value.to_numpy()
+    if sp.issparse(value):
+        value = value.toarray()
+    value = np.asarray(value)
+    if value.ndim != 2 or not np.issubdtype(value.dtype, np.number):
+        raise DataError(f"{path}: {_where(key)} must be a numeric [cells, dims] matrix, got "
+                        f"{value.dtype} with shape {value.shape}")
+    return value.astype(np.float32, copy=False)
+
+
+def _where(key: str) -> str:
+    return "X" if key == "X" else f"obsm['{key}']"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (the `stx.data_sha256` tag)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- the whole table
+
+
+def _column(obs: pd.DataFrame, name: str, key: str, path: Path) -> pd.Series:
+    if name not in obs.columns:
+        import difflib
+
+        close = difflib.get_close_matches(name, [str(c) for c in obs.columns], n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; columns: {', '.join(map(str, obs.columns))}"
+        raise DataError(f"{path}: obs column '{name}' not found ({key}){hint}")
+    column = obs[name]
+    missing = int(column.isna().sum())
+    if missing:
+        raise DataError(f"{path}: obs column '{name}' ({key}) has {missing} missing values")
+    return column
+
+
+def _labels(column: pd.Series) -> np.ndarray:
+    # numeric days (10, 14.0) and strings ("10") must agree across files: 14.0 -> "14"
+    values = column.to_numpy()
+    if np.issubdtype(np.asarray(values).dtype, np.floating) and np.all(np.mod(values, 1) == 0):
+        values = values.astype(np.int64)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _sorted_days(days: set[str]) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(days, key=float))
+    except ValueError:
+        return tuple(sorted(days))
+
+
+def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
+    """Read and validate every data set of the config into one CellTable.
+
+    With `velocity`, also read `obsm[model.velocity.velocity_key]` (preparing it with scVelo
+    first, cached, where the file has spliced/unspliced layers but no velocity yet).
+    """
+    dcfg = cfg.data
+    parts: list[dict[str, np.ndarray]] = []
+    files: list[Path] = []
+    for name, raw_path in cfg.datasets.items():
+        path = resolve_dataset_path(raw_path)
+        files.append(path)
+        parts.append(_read_dataset(path, dcfg))
+        if velocity:
+            parts[-1].update(_read_velocity(path, cfg, parts[-1]["emb"].shape[1]))
+    dims = {p["emb"].shape[1] for p in parts}
+    if len(dims) > 1:
+        shapes = ", ".join(f"{f.name}: {p['emb'].shape[1]}" for f, p in zip(files, parts, strict=True))
+        raise DataError(f"data sets disagree on the width of {_where(dcfg.embed_key)} ({shapes})")
+
+    def vocab(key: str) -> list[str]:
+        return sorted(set().union(*(set(p[key]) for p in parts)))
+
+    perts = vocab("pert")
+    if dcfg.control_pert not in perts:
+        shown = ", ".join(perts[:10])
+        raise DataError(f"{files[0]}: control label '{dcfg.control_pert}' (data.control_pert) not "
+                        f"found in obs['{dcfg.pert_col}']; labels: {shown}")
+    if len(perts) < 2:
+        raise DataError(f"{files[0]}: obs['{dcfg.pert_col}'] has only '{perts[0]}'; need the control "
+                        f"and at least one perturbation")
+    # control first, then the perturbations in sorted order
+    perts = [dcfg.control_pert, *(p for p in perts if p != dcfg.control_pert)]
+    cell_types = vocab("cell_type")
+    batches = vocab("batch")
+    days = list(_sorted_days(set(vocab("day"))))
+
+    def codes(key: str, names: list[str]) -> np.ndarray:
+        index = {n: i for i, n in enumerate(names)}
+        return np.concatenate([np.fromiter((index[v] for v in p[key]), np.int64, len(p[key])) for p in parts])
+
+    spec = DataSpec(
+        embed_key=dcfg.embed_key,
+        embed_dim=dims.pop(),
+        perts=tuple(perts),
+        control_index=0,
+        cell_types=tuple(cell_types),
+        batches=tuple(batches),
+        days=tuple(days),
+        has_time=dcfg.time_col is not None,
+        datasets=tuple(cfg.datasets),
+    )
+    obs_names = np.concatenate([p["obs_names"] for p in parts])
+    if len(set(obs_names)) != len(obs_names):
+        # different files may reuse ids such as "AAACCTG-1": prefix with the data set name
+        obs_names = np.concatenate([
+            np.asarray([f"{name}:{o}" for o in p["obs_names"]], dtype=object)
+            for name, p in zip(cfg.datasets, parts, strict=True)
+        ])
+    table = CellTable(
+        emb=np.ascontiguousarray(np.concatenate([p["emb"] for p in parts])),
+        pert=codes("pert", perts),
+        cell_type=codes("cell_type", cell_types),
+        batch=codes("batch", batches),
+        day=codes("day", days),
+        dataset=np.repeat(np.arange(len(parts)), [len(p["emb"]) for p in parts]),
+        obs_names=obs_names,
+        spec=spec,
+        files=tuple(files),
+        velocity=np.concatenate([p["velocity"] for p in parts]) if velocity else None,
+        velocity_weight=np.concatenate([p["velocity_weight"] for p in parts]) if velocity else None,
+        velocity_calibrated=all(bool(p.get("calibrated", True)) for p in parts),
+    )
+    if velocity:
+        _check_velocity(table, cfg)
+    return _skip_incomplete_groups(table)
+
+
+def _read_dataset(path: Path, dcfg: DataConfig) -> dict[str, np.ndarray]:
+    with open_h5ad(path) as handle:
+        obs = read_obs(handle, path)
+        emb = read_matrix(handle, path, dcfg.embed_key)
+    if emb.shape[0] != len(obs):
+        raise DataError(f"{path}: {_where(dcfg.embed_key)} has {emb.shape[0]} rows but obs has {len(obs)}")
+    if len(obs) == 0:
+        raise DataError(f"{path}: has no cells")
+    bad = ~np.isfinite(emb).all(1)
+    if bad.any():
+        raise DataError(f"{path}: {_where(dcfg.embed_key)} has NaN or inf values in {int(bad.sum())} "
+                        f"cells (first: {obs.index[np.argmax(bad)]})")
+    n = len(obs)
+    return {
+        "emb": emb,
+        "pert": _labels(_column(obs, dcfg.pert_col, "data.pert_col", path)),
+        "cell_type": _labels(_column(obs, dcfg.cell_type_key, "data.cell_type_key", path)),
+        "batch": _labels(_column(obs, dcfg.batch_col, "data.batch_col", path))
+        if dcfg.batch_col else np.full(n, NO_BATCH, dtype=object),
+        "day": _labels(_column(obs, dcfg.time_col, "data.time_col", path))
+        if dcfg.time_col else np.full(n, NO_TIME, dtype=object),
+        "obs_names": np.asarray(obs.index.astype(str), dtype=object),
+    }
+
+
+def _skip_incomplete_groups(table: CellTable) -> CellTable:
+    """Warn about (and record) groups with no control or no perturbed cells."""
+    spec = table.spec
+    group = table.group
+    skipped: list[tuple[str, str, str]] = []
+    for g in np.unique(group):
+        in_group = group == g
+        perts = set(np.unique(table.pert[in_group]).tolist())
+        cell_type, day = table.group_name(int(g))
+        if spec.control_index not in perts:
+            skipped.append((cell_type, day, f"no {spec.control} cells"))
+        elif perts == {spec.control_index}:
+            skipped.append((cell_type, day, "no perturbed cells"))
+    for cell_type, day, why in skipped:
+        where = cell_type if not spec.has_time else f"{cell_type}, day {day}"
+        log.warning("skipping group (%s): %s", where, why)
+    usable = len(np.unique(group)) - len(skipped)
+    if usable == 0:
+        raise DataError(f"{table.files[0]}: no (cell type, day) group has both {spec.control} and "
+                        f"perturbed cells")
+    return CellTable(**{**table.__dict__, "skipped_groups": tuple(skipped)})
+
+
+def _read_velocity(path: Path, cfg: Config, dim: int) -> dict[str, np.ndarray]:
+    """Velocity, confidence and calibration of one file, preparing it with scVelo if needed."""
+    from anndata.io import read_elem
+
+    vcfg = cfg.model.velocity
+    key = vcfg.velocity_key
+    with open_h5ad(path) as handle:
+        has_key = "obsm" in handle and key in handle["obsm"]
+        has_layers = "layers" in handle and {"spliced", "unspliced"} <= set(handle["layers"].keys())
+    if not has_key:
+        if not has_layers:
+            raise DataError(f"{path}: no obsm['{key}'] (model.velocity.velocity_key) and no spliced/unspliced "
+                            f"layers to compute it from; run 'stx velocity --data {path.name} --basis "
+                            f"{cfg.data.embed_key} --out FILE.h5ad' or set model.velocity.velocity_key")
+        from stx.data.builtin import cache_dir
+        from stx.data.velocity import prepare_velocity, velocity_key_for
+
+        if key != velocity_key_for(cfg.data.embed_key):
+            raise DataError(f"{path}: no obsm['{key}'] (model.velocity.velocity_key); stx would prepare "
+                            f"obsm['{velocity_key_for(cfg.data.embed_key)}'] from the spliced/unspliced layers: "
+                            f"set model.velocity.velocity_key to that")
+        log.info("%s: preparing RNA velocity with scVelo (first use; cached)", path.name)
+        prepared = cache_dir() / "velocity" / f"prepared-{path.stem}.h5ad"
+        report = prepare_velocity(path, cfg.data.embed_key, prepared, projection=vcfg.projection,
+                                  loadings_key=vcfg.loadings_key)
+        log.info("velocity: %s projection, mean confidence %.2f, %.1f s%s", report.projection,
+                 report.mean_confidence, report.seconds, " (cached)" if report.cached else "")
+        path = prepared
+    with open_h5ad(path) as handle:
+        velocity = read_matrix(handle, path, key)
+        obs = read_obs(handle, path)
+        info = read_elem(handle["uns"]["stx_velocity"]) if "uns" in handle and "stx_velocity" in handle["uns"] \
+            else {}
+    if velocity.shape[1] != dim:
+        raise DataError(f"{path}: obsm['{key}'] has {velocity.shape[1]} dims but the embedding "
+                        f"obsm['{cfg.data.embed_key}'] has {dim}; velocity must be in the embedding's coordinates")
+    weight = obs["velocity_confidence"].to_numpy(np.float32) if "velocity_confidence" in obs \
+        else np.ones(len(obs), np.float32)
+    return {"velocity": velocity, "velocity_weight": weight,
+            "calibrated": bool(info.get("magnitude_calibrated", True))}
+
+
+def _check_velocity(table: CellTable, cfg: Config) -> None:
+    v, w = table.velocity, table.velocity_weight
+    key = cfg.model.velocity.velocity_key
+    usable = np.isfinite(v).all(1) & (np.abs(v).sum(1) > 0)
+    if not usable.any():
+        raise DataError(f"{table.files[0]}: obsm['{key}'] is all zero or NaN; recompute it with 'stx velocity'")
+    confident = usable & (w >= cfg.model.velocity.min_confidence)
+    share = confident.mean()
+    if share < 0.1:
+        log.warning("only %d of %d cells (%.1f%%) have velocity confidence >= %.2f "
+                    "(model.velocity.min_confidence): the velocity term will see few cells",
+                    int(confident.sum()), table.n_cells, 100 * share, cfg.model.velocity.min_confidence)
