@@ -6,6 +6,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 from stx.errors import DataError
 
@@ -23,7 +27,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stx"
 
 
-def write_h5ad_atomic(adata, out: Path) -> None:
+def write_h5ad_atomic(adata: ad.AnnData, out: Path) -> None:
     """Write an AnnData so that readers never see a half-written file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 CELL_TYPES = ("Fib", "Kera", "Mac", "Endo", "Tcell", "Neut")
 SHAM_PROPORTIONS = np.array([0.30, 0.25, 0.15, 0.12, 0.10, 0.08])
@@ -103,7 +107,8 @@ class SyntheticWorld:
             "push": rng.uniform(0.8, 2.0, k), "program_scale": rng.uniform(1.2, 2.0, k),
         }
 
-    def abundance(self, cell_type: np.ndarray, t: np.ndarray, log_alpha_shift: np.ndarray | None = None):
+    def abundance(self, cell_type: np.ndarray, t: np.ndarray,
+                  log_alpha_shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Expected (unspliced, spliced) per cell, [cells, genes], before batch effects."""
         p = self.params
         on = p["alpha_on"][cell_type]
@@ -146,7 +151,7 @@ def log_normalise(counts: np.ndarray, target: float = 1e4) -> np.ndarray:
 
 
 def make_wound_healing(n_cells: int = 6000, seed: int = 0, n_mice_per_group: int = 5,
-                       world: SyntheticWorld | None = None):
+                       world: SyntheticWorld | None = None) -> ad.AnnData:
     """Generate the synthetic burn/sham data set as an AnnData (see the module docstring)."""
     import anndata as ad
 
@@ -247,7 +252,7 @@ def _true_shifts(world: SyntheticWorld, cell_type: np.ndarray, day: np.ndarray,
     }
 
 
-def true_shift_table(adata) -> dict[tuple[str, int], np.ndarray]:
+def true_shift_table(adata: ad.AnnData) -> dict[tuple[str, int], np.ndarray]:
     """`uns["truth"]` as {(cell type, day): shift vector}."""
     truth = adata.uns["truth"]
     return {

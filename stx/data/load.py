@@ -11,10 +11,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import h5py
 
 from stx.config import BUILTIN_PREFIX, Config, DataConfig
 from stx.errors import DataError
@@ -95,7 +99,7 @@ def resolve_dataset_path(path: str) -> Path:
     return Path(path)
 
 
-def open_h5ad(path: Path):
+def open_h5ad(path: Path) -> h5py.File:
     """Open an `.h5ad` for reading, or raise a DataError saying what is wrong with it."""
     import h5py
 
@@ -114,7 +118,7 @@ def open_h5ad(path: Path):
     return handle
 
 
-def read_obs(handle, path: Path) -> pd.DataFrame:
+def read_obs(handle: h5py.File, path: Path) -> pd.DataFrame:
     """The obs table of an open `.h5ad`."""
     from anndata.io import read_elem
 
@@ -124,7 +128,7 @@ def read_obs(handle, path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read obs ({err.__class__.__name__}: {err})") from None
 
 
-def read_matrix(handle, path: Path, key: str) -> np.ndarray:
+def read_matrix(handle: h5py.File, path: Path, key: str) -> np.ndarray:
     """`X` or `obsm[key]` of an open `.h5ad` as dense float32 [N, D]."""
     from anndata.io import read_elem
 
@@ -207,7 +211,7 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
     dcfg = cfg.data
     parts: list[dict[str, np.ndarray]] = []
     files: list[Path] = []
-    for name, raw_path in cfg.datasets.items():
+    for raw_path in cfg.datasets.values():
         path = resolve_dataset_path(raw_path)
         files.append(path)
         parts.append(_read_dataset(path, dcfg))

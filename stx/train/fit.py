@@ -63,6 +63,22 @@ class SetStream(IterableDataset):
             yield self.sampler.sample()
 
 
+def _progress_bar_class():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgress(RichProgressBar):
+        """Rich progress over optimizer steps (the stream has no epochs to count)."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "training"
+
+    return StepProgress
+
+
+def _StepProgress(**kwargs):
+    return _progress_bar_class()(**kwargs)
+
+
 @dataclass(frozen=True)
 class FitResult:
     """Where the checkpoints are and how long training took."""

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import logging
 
-import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
