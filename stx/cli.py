@@ -90,9 +90,9 @@ def _tracking_option(func):  # noqa: ANN001 - decorator
 
 
 @cli.command()
-@click.option("--variant", required=True, metavar="VARIANT",
+@click.option("--variant", metavar="VARIANT",
               help="baseline, lora, lora-mhc, lora-velocity, lora-mhc-velocity (aliases: velocity, mhc, "
-                   "mhc-velocity).")
+                   "mhc-velocity), or all. Required unless --resume.")
 @_config_options
 @click.option("--seed", type=click.IntRange(min=0), help="Seed (overrides trainer.seed).")
 @_tracking_option
@@ -100,8 +100,11 @@ def _tracking_option(func):  # noqa: ANN001 - decorator
 @click.option("--devices", type=click.IntRange(min=1), help="Processes/GPUs (overrides trainer.devices).")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --variant all: runs per variant (seeds seed, seed+1, ...).")
-def run(variant: str, config_path: Path | None, overrides: tuple[str, ...], seed: int | None,
-        tracking_uri: str | None, experiment: str | None, devices: int | None, seeds: int) -> None:
+@click.option("--resume", "resume", metavar="RUN_ID|last",
+              help="Continue a killed run from its newest checkpoint, into the same MLflow run.")
+def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...], seed: int | None,
+        tracking_uri: str | None, experiment: str | None, devices: int | None, seeds: int,
+        resume: str | None) -> None:
     """Fine-tune (or, for baseline, only evaluate) one variant; everything goes to MLflow.
 
     `--variant all` trains the five variants one after another (`--seeds N` times each) and
@@ -113,6 +116,18 @@ def run(variant: str, config_path: Path | None, overrides: tuple[str, ...], seed
     from stx.tracking.store import resolve_tracking_uri
     from stx.variants import VARIANTS, resolve_variant
 
+    if resume:
+        if variant or config_path or overrides or seed is not None:
+            raise StxError("--resume continues a run with its own variant and config; pass no --variant, "
+                           "--config, --set or --seed with it")
+        from stx.experiment import resume_experiment
+
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        summary = resume_experiment(resume, resolve_tracking_uri(tracking_uri), devices, experiment)
+        click.echo(_run_paragraph(summary))
+        return
+    if not variant:
+        raise StxError("--variant is required (or --resume RUN_ID to continue a run)")
     if variant != "all":
         resolve_variant(variant)  # an unknown name fails before any data is read
     elif seeds < 1:

@@ -130,19 +130,97 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
     with tracked_run(tracking_uri, experiment, run_name, tags, params, parent_run_id) as run:
         out_dir = Path(cfg.tracking.output_dir).resolve() / run.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
-        os.environ[RUN_DIR_ENV] = str(out_dir)
-        from stx.tracking.buffer import MetricBuffer
-
-        buffer = MetricBuffer(sink=run.log_rows)
+        # what --resume needs, recorded before the first step: the config and the run folder
+        (out_dir / "config").mkdir(exist_ok=True)
+        (out_dir / "config" / "resolved.toml").write_text(to_toml(cfg))
+        run.log_artifact(out_dir / "config" / "resolved.toml", "config")
+        run.set_tags({"stx.output_dir": str(out_dir)})
         run.log_metrics({"trainable_fraction": trainable / total})
-        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
-                            callbacks)
-        metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer,
-                                               fit_result, start)
-        version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
+        metrics, reference, version = _execute(cfg, variant, model, table, split, run, out_dir, devices, progress,
+                                               aux, callbacks, start)
         artifact_uri = run.artifact_uri()
     return RunSummary(run.run_id, run_name, experiment, tracking_uri, artifact_uri, metrics, reference,
                       version, variant.name, time.perf_counter() - start)
+
+
+def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress, aux, callbacks, start,  # noqa: ANN001
+             resume_from: Path | None = None, skip_logged: dict[str, int] | None = None):
+    """Train, evaluate, log artifacts and register, inside an open run."""
+    os.environ[RUN_DIR_ENV] = str(out_dir)
+    sink = run.log_rows
+    if skip_logged:  # a resumed run: steps already in the store are not sent twice
+        def sink(rows):  # noqa: ANN001
+            run.log_rows([r for r in rows if r[2] > skip_logged.get(r[0], -1)])
+    buffer = MetricBuffer(sink=sink)
+    fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
+                        callbacks, resume_from)
+    metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result,
+                                           start)
+    version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
+    return metrics, reference, version
+
+
+def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = None,
+                      experiment: str | None = None) -> RunSummary:
+    """Continue a killed run (`RUN_ID` or `last`) from its newest checkpoint, into the same MLflow run."""
+    import tempfile
+
+    import lightning as L
+
+    from stx.config import load_config
+    from stx.tracking.run import connect, tracked_run
+
+    client = connect(tracking_uri)
+    run = _find_resumable(client, run_ref, experiment)
+    tags = run.data.tags
+    variant = resolve_variant(tags["stx.variant"])
+    out_dir = Path(tags.get("stx.output_dir", ""))
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise StxError(f"run {run.info.run_id} has no checkpoint to resume from ({ckpt}); it stopped before its "
+                       f"first checkpoint (trainer.checkpoint_every_n_steps): start it again")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run.info.run_id, "config/resolved.toml", tmp)
+        cfg = load_config(local)
+    start = time.perf_counter()
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    table = load_cells(cfg, velocity=variant.velocity)
+    split = make_split(table, cfg)
+    model = build_model(cfg, variant, table)
+    aux = velocity_terms(cfg, variant, table)
+    logged = {key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=-1)
+              for key in run.data.metrics}
+    name = client.get_experiment(run.info.experiment_id).name
+    log.info("resuming %s (%s) from %s", run.info.run_id, variant.name, ckpt)
+    with tracked_run(tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run.info.run_id) as handle:
+        metrics, reference, version = _execute(cfg, variant, model, table, split, handle, out_dir, devices, True,
+                                               aux, (), start, resume_from=ckpt, skip_logged=logged)
+        artifact_uri = handle.artifact_uri()
+    return RunSummary(run.info.run_id, run.info.run_name, name, tracking_uri, artifact_uri, metrics, reference,
+                      version, variant.name, time.perf_counter() - start)
+
+
+def _find_resumable(client, run_ref: str, experiment: str | None):  # noqa: ANN001
+    from mlflow.exceptions import MlflowException
+
+    if run_ref != "last":
+        try:
+            run = client.get_run(run_ref)
+        except MlflowException:
+            raise StxError(f"--resume {run_ref}: no such run in this tracking store") from None
+    else:
+        exps = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+        ids = [e.experiment_id for e in exps if e is not None]
+        found = client.search_runs(ids, "tags.`stx.variant` != '' and attributes.status != 'FINISHED'",
+                                   max_results=1, order_by=["attributes.start_time DESC"]) if ids else []
+        if not found:
+            raise StxError("--resume last: no unfinished stx run to resume")
+        run = found[0]
+    if run.info.status == "FINISHED":
+        raise StxError(f"run {run.info.run_id} already finished; nothing to resume")
+    if "stx.variant" not in run.data.tags:
+        raise StxError(f"run {run.info.run_id} was not made by stx run")
+    return run
 
 
 def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
@@ -162,7 +240,7 @@ def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
 
 def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
            devices: int | None, buffer: MetricBuffer | None, progress: bool, train: bool = True,
-           aux: tuple = (), callbacks: tuple = ()):
+           aux: tuple = (), callbacks: tuple = (), resume_from: Path | None = None):
     from stx.tracking.buffer import MetricBuffer
     from stx.train.fit import fit, make_loaders
     from stx.train.module import STSystem
@@ -183,7 +261,7 @@ def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, 
     extra = (MHCMonitor(system.buffer, layers, cfg.trainer.log_every_n_steps),) if layers else ()
     extra = (*extra, *callbacks)
     return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress,
-               extra_callbacks=extra, velocity_source=cfg.model.velocity.source)
+               extra_callbacks=extra, velocity_source=cfg.model.velocity.source, resume_from=resume_from)
 
 
 def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result, start):  # noqa: ANN001
@@ -211,9 +289,6 @@ def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, f
     summary["run/wall_time_s"] = time.perf_counter() - start
     run.log_metrics(summary, step=fit_result.steps if fit_result else 0)
 
-    (out_dir / "config").mkdir(exist_ok=True)
-    (out_dir / "config" / "resolved.toml").write_text(to_toml(cfg))
-    run.log_artifact(out_dir / "config" / "resolved.toml", "config")
     data_dir = out_dir / "data"
     data_dir.mkdir(exist_ok=True)
     split.frame(table).to_csv(data_dir / "split.csv", index=False)

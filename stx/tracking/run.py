@@ -132,20 +132,28 @@ def connect(uri: str) -> object:
 
 @contextmanager
 def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
-                params: dict[str, str], parent_run_id: str | None = None) -> Iterator[TrackedRun]:
-    """Open a run (nested under `parent_run_id` if given), yield its handle, and end it with
-    the right status whatever happens."""
+                params: dict[str, str], parent_run_id: str | None = None,
+                existing_run_id: str | None = None) -> Iterator[TrackedRun]:
+    """Open a run (nested under `parent_run_id` if given; or reopen `existing_run_id` to
+    resume it), yield its handle, and end it with the right status whatever happens."""
     import mlflow
 
     client = connect(uri)
-    experiment_id = ensure_experiment(client, experiment, uri)
-    if parent_run_id:
-        tags = {**tags, "mlflow.parentRunId": parent_run_id, "stx.parent": parent_run_id}
-    run = client.create_run(experiment_id, run_name=run_name, tags={k: mask_secrets(v) for k, v in tags.items()})
+    if existing_run_id:
+        run = client.get_run(existing_run_id)
+        client.update_run(existing_run_id, status="RUNNING")
+        experiment_id = run.info.experiment_id
+    else:
+        experiment_id = ensure_experiment(client, experiment, uri)
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id, "stx.parent": parent_run_id}
+        run = client.create_run(experiment_id, run_name=run_name,
+                                tags={k: mask_secrets(v) for k, v in tags.items()})
     handle = TrackedRun(client, run.info.run_id, experiment_id, uri)
     status = "FAILED"
     try:
-        handle.log_params(params)
+        if params:
+            handle.log_params(params)
         yield handle
         status = "FINISHED"
     except KeyboardInterrupt:
