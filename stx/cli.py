@@ -49,9 +49,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("stx").setLevel(logging.DEBUG if verbose else logging.INFO)
     # libraries speak only when something is wrong; stx reports progress itself
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "mlflow", "alembic"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-        logging.getLogger(name).propagate = True
+    # MLflow's own retry warnings would bury stx's one-line error; stx reports store problems itself
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", message=r".*(isinstance\(treespec|litlogger|does not have many workers).*")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mlflow|anndata|scanpy).*")
@@ -136,6 +137,9 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
         overrides = (*overrides, f"trainer.seed={seed}")
     cfg = load_config(config_path, overrides)
     uri = resolve_tracking_uri(tracking_uri)
+    from stx.tracking.run import connect
+
+    connect(uri)  # an unreachable store fails now, before any data is read
     # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 

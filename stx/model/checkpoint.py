@@ -167,7 +167,8 @@ def load_pretrained(name_or_path: str) -> Pretrained:
         log.warning("%s clips predictions with a ReLU on a signed embedding (%s), as arc-state does; "
                     "about half of the outputs become 0. stx keeps it for this checkpoint to reproduce "
                     "its outputs; heads stx builds have no ReLU.", run_dir, hp.get("embed_key"))
-    return Pretrained(model, spec, hp.get("control_pert"), hp.get("embed_key"), str(run_dir))
+    return Pretrained(model, spec, hp.get("control_pert"), hp.get("embed_key"),
+                      name_or_path if name_or_path in SHIPPED else str(run_dir))
 
 
 def write_run_dir(model: StateTransition, run_dir: Path, *, control_pert: str, embed_key: str,

@@ -68,12 +68,24 @@ class TrackedRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, mask_secrets(str(v))) for k, v in tags.items()])
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Upload one file or directory."""
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+    def log_artifact(self, path: Path, artifact_path: str | None = None, attempts: int = 4) -> None:
+        """Upload one file or directory; retried with backoff, never silently dropped."""
+        import time
+
+        for attempt in range(1, attempts + 1):
+            try:
+                if path.is_dir():
+                    self.client.log_artifacts(self.run_id, str(path), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(path), artifact_path)
+                return
+            except Exception as err:
+                if attempt == attempts:
+                    raise StxError(f"could not upload {path.name} to {mask_secrets(self.artifact_uri())} after "
+                                   f"{attempts} attempts ({err.__class__.__name__}: {mask_secrets(str(err))[:200]}); "
+                                   f"the local copy is in {path.parent}") from None
+                log.warning("upload of %s failed (%s); retrying", path.name, err.__class__.__name__)
+                time.sleep(0.5 * 2 ** attempt)
 
     def artifact_uri(self) -> str:
         """Where this run's artifacts live."""
@@ -103,29 +115,53 @@ def _experiment_artifacts(uri: str, name: str) -> str | None:
     return f"{root}/{name}" if root else None
 
 
+def _probe(uri: str) -> None:
+    """Fail in seconds when a store is down (MLflow itself retries for minutes)."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10)
+        except urllib.error.HTTPError:
+            pass  # it answers (auth or routing decide the rest)
+        except OSError as err:
+            raise ConnectionError(str(getattr(err, "reason", err))) from None
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:", "databricks")):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+
 def connect(uri: str) -> object:
     """An MlflowClient for `uri`, with a one-line error when the store cannot be reached."""
     import mlflow
     from mlflow import MlflowClient
 
-    # the fluent API (model logging) must agree with the client, and the registry lives in the
-    # same store: never a registry URI left over from an earlier call in this process.
-    # MLflow also exports the URI to MLFLOW_TRACKING_URI; undo that, or the next command in
-    # this process would take it for the user's choice (precedence: flag > env > default).
-    previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
+        _probe(uri)
+        # the fluent API (model logging) must agree with the client, and the registry lives in the
+        # same store: never a registry URI left over from an earlier call in this process.
+        # MLflow also exports the URI to MLFLOW_TRACKING_URI; undo that, or the next command in
+        # this process would take it for the user's choice (precedence: flag > env > default).
+        previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:
-        raise StxError(f"tracking store {mask_secrets(uri)} is not reachable "
-                       f"({err.__class__.__name__}: {mask_secrets(str(err)).splitlines()[0][:160]}); "
+        first = mask_secrets(str(err)).splitlines()[0][:160] if str(err) else ""
+        raise StxError(f"tracking store {mask_secrets(uri)} is not reachable ({err.__class__.__name__}: {first}); "
                        f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
     return client
 

@@ -79,6 +79,44 @@ def _StepProgress(**kwargs):
     return _progress_bar_class()(**kwargs)
 
 
+def _atomic_checkpoint_io():
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Writes a checkpoint to a temporary file and renames it: a kill mid-write never
+        leaves a truncated last.ckpt for --resume to trip on."""
+
+        def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: object = None) -> None:
+            import os
+
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp")
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+
+    return AtomicCheckpointIO()
+
+
+def check_memory(tcfg: TrainerConfig, hidden: int, layers: int, heads: int) -> None:
+    """Refuse a batch that cannot fit: a rough count of the activations one step keeps."""
+    import psutil
+
+    from stx.errors import StxError
+
+    cells = tcfg.batch_size * tcfg.cell_set_len
+    per_layer = cells * hidden * 24 + tcfg.batch_size * heads * tcfg.cell_set_len ** 2 * 3
+    need = 4 * layers * per_layer * 2  # fp32, forward and backward
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        where = "GPU"
+    else:
+        free, where = psutil.virtual_memory().available, "RAM"
+    if need > 0.8 * free:
+        raise StxError(f"trainer.batch_size x trainer.cell_set_len = {tcfg.batch_size} x {tcfg.cell_set_len} needs "
+                       f"about {need / 2**30:.1f} GiB of activations but only {free / 2**30:.1f} GiB of {where} is "
+                       f"free: lower trainer.batch_size or trainer.cell_set_len")
+
+
 @dataclass(frozen=True)
 class FitResult:
     """Where the checkpoints are and how long training took."""
@@ -129,6 +167,8 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
     # Lightning's own INFO lines (GPU available, tips) would repeat what stx reports
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    backbone = system.model.transformer_backbone.config
+    check_memory(tcfg, backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads)
     train_loader, val_loader = make_loaders(table, split, tcfg, velocity_source)
     system.stream = train_loader.dataset  # its random state goes into every checkpoint
     ckpt_dir = out_dir / "checkpoints"
@@ -167,6 +207,7 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
         enable_model_summary=False,
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,
+        plugins=[_atomic_checkpoint_io()],
         deterministic=False,
     )
     start = time.perf_counter()

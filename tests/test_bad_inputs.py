@@ -1,0 +1,114 @@
+"""A catalogue of wrong inputs through the CLI: each gives one line naming the problem,
+exit code 2, no traceback, no run left RUNNING and no partial output file."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from stx.cli import cli
+from stx.model.checkpoint import checkpoint_dir
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, demo_path, demo_adata):
+    root = tmp_path_factory.mktemp("bad")
+    files = {}
+
+    def save(name, adata):
+        adata.write_h5ad(root / name)
+        files[name] = root / name
+
+    a = demo_adata[::3].copy()
+    save("good.h5ad", a)
+    b = a.copy()
+    b.obsm["X_state"][3, 1] = np.nan
+    save("nan.h5ad", b)
+    b = a.copy()
+    b.obsm["X_state"] = b.obsm["X_state"][:, :32]
+    save("narrow.h5ad", b)
+    save("sham_only.h5ad", a[a.obs["condition"] == "Sham"].copy())
+    b = a.copy()
+    del b.layers["spliced"]
+    save("no_layers.h5ad", b)
+    (root / "junk.h5ad").write_text("not hdf5")
+    (root / "cut.h5ad").write_bytes(demo_path.read_bytes()[:5000])
+    bad_ckpt = root / "ckpt"
+    shutil.copytree(checkpoint_dir("stx-mini"), bad_ckpt)
+    (bad_ckpt / "pert_onehot_map.pt").unlink()
+    return root
+
+
+def _config(root, data="good.h5ad", extra=""):
+    path = root / f"c-{abs(hash((data, extra)))}.toml"
+    path.write_text(f'[datasets]\nd = "{root / data}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n{extra}')
+    return str(path)
+
+
+FAST = ["--set", "trainer.max_steps=4", "--set", "tracking.projection=pca"]
+
+CASES = [
+    ("missing data file", lambda r: ["run", "--variant", "lora", "--config", _config(r, "absent.h5ad")], "absent.h5ad: file not found"),
+    ("not an h5ad", lambda r: ["run", "--variant", "lora", "--config", _config(r, "junk.h5ad")], "not a readable .h5ad (HDF5) file"),
+    ("truncated h5ad", lambda r: ["run", "--variant", "lora", "--config", _config(r, "cut.h5ad")], "cut.h5ad"),
+    ("missing obs column", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.pert_col=treatment"], "obs column 'treatment' not found (data.pert_col)"),
+    ("control label absent", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.control_pert=Control"], "control label 'Control' (data.control_pert) not found"),
+    ("single condition", lambda r: ["run", "--variant", "lora", "--config", _config(r, "sham_only.h5ad")], "has only 'Sham'"),
+    ("NaN embeddings", lambda r: ["run", "--variant", "lora", "--config", _config(r, "nan.h5ad")], "has NaN or inf values in 1 cells"),
+    ("wrong embedding width", lambda r: ["run", "--variant", "lora", "--config", _config(r, "narrow.h5ad")], "has 32 dims but the checkpoint stx-mini expects 64"),
+    ("no usable group", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.cell_type_key=mouse_id"], "no (cell type, day) group has both Sham and perturbed cells"),
+    ("unknown config key", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.learning_rate=1e-3"], "unknown key 'trainer.learning_rate' (did you mean 'trainer.lr'?)"),
+    ("wrong type", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.lr=fast"], "trainer.lr: Input should be a valid number"),
+    ("negative steps", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.max_steps=-5"], "trainer.max_steps: Input should be greater than 0"),
+    ("unknown variant", lambda r: ["run", "--variant", "lora-mch", "--config", _config(r)], "unknown variant 'lora-mch'"),
+    ("velocity without velocity data", lambda r: ["run", "--variant", "velocity", "--config", _config(r, "no_layers.h5ad")], "run 'stx velocity"),
+    ("bad tracking URI", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--tracking-uri", "postgresql+psycopg://u:pw@127.0.0.1:1/x"], "is not reachable"),
+    ("unreachable PostgreSQL storage", lambda r: ["sweep", "--variant", "lora", "--n-trials", "1", "--config", _config(r), "--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/optuna"], "Optuna storage postgresql+psycopg://u:***@127.0.0.1:1/optuna is not reachable"),
+    ("checkpoint dir missing files", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'model.checkpoint="{r / "ckpt"}"'], "pert_onehot_map.pt missing"),
+    ("checkpoint dir absent", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'model.checkpoint="{r / "nothing"}"'], "checkpoint directory not found"),
+    ("out of memory", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.batch_size=100000", "--set", "trainer.cell_set_len=100000"], "lower trainer.batch_size or trainer.cell_set_len"),
+    ("malformed TOML", lambda r: ["run", "--variant", "lora", "--config", str(_bad_toml(r))], "not valid TOML"),
+    ("bad --set syntax", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "model.lora.r"], "expected key=value"),
+    ("sweep over the baseline", lambda r: ["sweep", "--variant", "baseline", "--n-trials", "2", "--config", _config(r)], "baseline variant has nothing to tune"),
+    ("predict with an unknown model", lambda r: ["predict", "--model", "models:/stx-nothing/1", "--data", str(r / "good.h5ad"), "--out", str(r / "p.h5ad")], "cannot load it"),
+    ("velocity on a file without layers", lambda r: ["velocity", "--data", str(r / "no_layers.h5ad"), "--basis", "X_state", "--out", str(r / "v.h5ad")], "no layers['spliced']"),
+    ("resume a run that does not exist", lambda r: ["run", "--resume", "f" * 32], "no such run"),
+]
+
+
+def _bad_toml(root):
+    path = root / "broken.toml"
+    path.write_text("[datasets\nd = 1")
+    return path
+
+
+@pytest.mark.parametrize(("name", "args", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input(inputs, tmp_path, monkeypatch, name, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = {p for p in inputs.iterdir()}
+    argv = args(inputs)
+    if argv[0] in ("run", "sweep") and "--resume" not in argv:
+        argv = [argv[0], *FAST, *argv[1:]]  # the case's own --set comes later and wins
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    # warnings may precede it; the error itself is exactly one line, the last
+    assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], result.output
+    assert message in lines[-1], result.output
+    assert "Traceback" not in result.output
+    # no partial output files next to the inputs, no run left RUNNING
+    assert {p for p in inputs.iterdir() if not p.name.startswith("c-")} <= before | {inputs / "broken.toml"}
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if db.exists():
+        client = MlflowClient(f"sqlite:///{db}")
+        exps = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(exps, "attributes.status = 'RUNNING'")
+
+
+def test_catalogue_is_large_enough():
+    assert len(CASES) >= 20
