@@ -92,15 +92,10 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
     `parent_run_id` nests the run (sweep trials); `callbacks` are extra Lightning callbacks
     (a sweep's pruning reporter). Returns None in DDP worker processes, which only train.
     """
-    import lightning as L
 
     variant = resolve_variant(variant_name)
     start = time.perf_counter()
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    table = load_cells(cfg, velocity=variant.velocity)
-    split = make_split(table, cfg)
-    model = build_model(cfg, variant, table)
-    aux = velocity_terms(cfg, variant, table)
+    table, split, model, aux = _prepare(cfg, variant)
 
     if _is_worker():
         _train(cfg, model, table, split, Path(os.environ[RUN_DIR_ENV]), devices, None, False, True, aux)
@@ -143,6 +138,16 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
                       version, variant.name, time.perf_counter() - start)
 
 
+def _prepare(cfg: Config, variant: Variant) -> tuple[CellTable, Split, torch.nn.Module, tuple]:
+    """Seed, then data, split, model and loss terms: identical for a fresh and a resumed run."""
+    import lightning as L
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    table = load_cells(cfg, velocity=variant.velocity)
+    split = make_split(table, cfg)
+    return table, split, build_model(cfg, variant, table), velocity_terms(cfg, variant, table)
+
+
 def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress, aux, callbacks, start,  # noqa: ANN001
              resume_from: Path | None = None, skip_logged: dict[str, int] | None = None):
     """Train, evaluate, log artifacts and register, inside an open run."""
@@ -165,8 +170,6 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
     """Continue a killed run (`RUN_ID` or `last`) from its newest checkpoint, into the same MLflow run."""
     import tempfile
 
-    import lightning as L
-
     from stx.config import load_config
     from stx.tracking.run import connect, tracked_run
 
@@ -183,11 +186,7 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
         local = client.download_artifacts(run.info.run_id, "config/resolved.toml", tmp)
         cfg = load_config(local)
     start = time.perf_counter()
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    table = load_cells(cfg, velocity=variant.velocity)
-    split = make_split(table, cfg)
-    model = build_model(cfg, variant, table)
-    aux = velocity_terms(cfg, variant, table)
+    table, split, model, aux = _prepare(cfg, variant)
     logged = {key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=-1)
               for key in run.data.metrics}
     name = client.get_experiment(run.info.experiment_id).name
