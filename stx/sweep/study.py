@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -65,13 +66,22 @@ def default_storage() -> str:
 
 def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
     """Optuna RDB storage with heartbeats: trials of a dead worker are failed and retried once."""
-    import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    import inspect
+
+    from optuna import storages
+    from optuna.exceptions import ExperimentalWarning
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60,
-                                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+        # heartbeats are "experimental" in Optuna's words; Optuna >= 4.9 renamed the stale-trial
+        # hook, and older releases within our bounds have the old name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:
+                retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+            return storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60, **retry)
     except Exception as err:
         first = mask_secrets(str(err)).splitlines()[0][:200]
         raise StxError(f"Optuna storage {mask_secrets(url)} is not reachable ({err.__class__.__name__}: {first}); "
