@@ -65,9 +65,13 @@ def cli(verbose: bool) -> None:
     """Fine-tune Arc's State Transition model on a new perturbation and compare variants.
 
     \b
-    stx run --variant lora                fine-tune on the embedded demo, tracked in MLflow
-    stx run --variant baseline            the pretrained model, evaluated the same way
+    stx run --variant velocity            fine-tune on the embedded demo, tracked in MLflow
+    stx run --variant all --seeds 3       the five variants, then stx compare
+    stx run --resume last                 continue a killed run
+    stx compare                           variant-versus-baseline tables and figures
+    stx sweep --variant lora --n-trials 20
     stx predict --model models:/stx-lora/1 --data IN.h5ad --out OUT.h5ad
+    stx velocity --data IN.h5ad --basis X_state --out OUT.h5ad
     stx ui                                the MLflow UI on the store stx writes to
     stx data demo --out demo.h5ad         synthetic burn/sham wound-healing data
     stx data validate --config FILE.toml  check data against a config, show the split
