@@ -325,6 +325,37 @@ def velocity(data_path: Path, basis: str, out: Path, projection: str, loadings: 
                f"model.velocity.velocity_key={report.key}")
 
 
+# ---------------------------------------------------------------- sync
+
+
+@cli.command()
+@click.argument("spool", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--run-id", required=True, help="The run the metrics belong to.")
+@_tracking_option
+def sync(spool: Path, run_id: str, tracking_uri: str | None) -> None:
+    """Upload metrics a run could not send during a tracking-store outage (unsent_metrics.jsonl)."""
+    import json
+
+    from stx.tracking.run import TrackedRun, connect
+    from stx.tracking.store import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = connect(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise StxError(f"--run-id {run_id}: no such run in this tracking store") from None
+    try:
+        rows = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"]))
+                for r in map(json.loads, spool.read_text().splitlines()) if r]
+    except (ValueError, KeyError) as err:
+        raise StxError(f"{spool}: not a spool file written by stx ({err})") from None
+    TrackedRun(client, run_id, run.info.experiment_id, uri).log_rows(rows)
+    done = spool.with_suffix(".synced")
+    spool.rename(done)
+    click.echo(f"Uploaded {len(rows)} metric values to run {run_id}; {spool.name} renamed to {done.name}.")
+
+
 # ---------------------------------------------------------------- ui
 
 

@@ -159,6 +159,12 @@ def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress,
     buffer = MetricBuffer(sink=sink)
     fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
                         callbacks, resume_from)
+    buffer.flush()  # one more try for anything an outage held back
+    if buffer.unsent:
+        spool = out_dir / "unsent_metrics.jsonl"
+        count = buffer.spool(spool)
+        log.warning("%d metric values could not be sent to the tracking store; they are in %s: upload them with "
+                    "'stx sync %s --run-id %s' once it is back", count, spool, spool, run.run_id)
     metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result,
                                            start)
     version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None

@@ -7,11 +7,16 @@ The training loop adds values (tensors stay on their device; no `.item()` per st
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Sink = Callable[[list[tuple[str, float, int, int]]], None]  # (key, value, step, timestamp ms)
 
@@ -22,6 +27,7 @@ class MetricBuffer:
     def __init__(self, sink: Sink | None = None):
         self.sink = sink
         self._pending: list[tuple[str, torch.Tensor | float, int, int]] = []
+        self.unsent: list[tuple[str, float, int, int]] = []  # converted, not yet accepted by the sink
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def add(self, key: str, value: torch.Tensor | float, step: int) -> None:
@@ -36,19 +42,48 @@ class MetricBuffer:
             self.add(key, value, step)
 
     def flush(self) -> int:
-        """Convert queued values to floats (one device sync) and send them; returns the count."""
-        if not self._pending:
+        """Convert queued values to floats (one device sync) and send everything not yet sent.
+
+        A sink that fails (the tracking server is down) loses nothing: the rows stay in
+        `unsent` and go with the next flush; training is never stopped by it. Returns the
+        number of rows sent.
+        """
+        if self._pending:
+            tensors = [v for _, v, _, _ in self._pending if isinstance(v, torch.Tensor)]
+            floats = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors \
+                else iter(())
+            rows = [(k, next(floats) if isinstance(v, torch.Tensor) else float(v), s, ts)
+                    for k, v, s, ts in self._pending]
+            self._pending.clear()
+            for key, value, step, _ in rows:
+                self.history[key].append((step, value))
+            self.unsent.extend(rows)
+        if self.sink is None or not self.unsent:
+            sent = 0 if self.sink is not None else len(self.unsent)
+            if self.sink is None:
+                self.unsent.clear()
+            return sent
+        try:
+            self.sink(self.unsent)
+        except Exception as err:  # any transport error: keep the rows, try again next time
+            log.warning("tracking store unreachable (%s: %s); %d metric values kept for the next attempt",
+                        err.__class__.__name__, str(err).splitlines()[0][:120] if str(err) else "", len(self.unsent))
             return 0
-        tensors = [v for _, v, _, _ in self._pending if isinstance(v, torch.Tensor)]
-        floats = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
-        rows = [(k, next(floats) if isinstance(v, torch.Tensor) else float(v), s, ts)
-                for k, v, s, ts in self._pending]
-        self._pending.clear()
-        for key, value, step, _ in rows:
-            self.history[key].append((step, value))
-        if self.sink is not None:
-            self.sink(rows)
-        return len(rows)
+        sent = len(self.unsent)
+        self.unsent = []
+        return sent
+
+    def spool(self, path: Path) -> int:
+        """Write the rows the store never accepted as JSON lines (for `stx sync`)."""
+        if not self.unsent:
+            return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            for key, value, step, ts in self.unsent:
+                handle.write(json.dumps({"key": key, "value": value, "step": step, "timestamp": ts}) + "\n")
+        count = len(self.unsent)
+        self.unsent = []
+        return count
 
     def values(self, key: str) -> list[float]:
         """Flushed values of one metric, in step order."""
