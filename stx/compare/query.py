@@ -5,7 +5,7 @@ strings and are cast here, in one place."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stx.errors import StxError
 
@@ -27,7 +27,6 @@ class RunRecord:
     tags: dict[str, str]
     artifact_uri: str
     model_version: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def cast_params(params: dict[str, str]) -> dict[str, object]:

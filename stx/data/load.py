@@ -342,7 +342,6 @@ def _read_velocity(path: Path, cfg: Config, dim: int) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: no obsm['{key}'] (model.velocity.velocity_key) and no spliced/unspliced "
                             f"layers to compute it from; run 'stx velocity --data {path.name} --basis "
                             f"{cfg.data.embed_key} --out FILE.h5ad' or set model.velocity.velocity_key")
-        from stx.data.builtin import cache_dir
         from stx.data.velocity import prepare_velocity, velocity_key_for
 
         if key != velocity_key_for(cfg.data.embed_key):
@@ -350,12 +349,11 @@ def _read_velocity(path: Path, cfg: Config, dim: int) -> dict[str, np.ndarray]:
                             f"obsm['{velocity_key_for(cfg.data.embed_key)}'] from the spliced/unspliced layers: "
                             f"set model.velocity.velocity_key to that")
         log.info("%s: preparing RNA velocity with scVelo (first use; cached)", path.name)
-        prepared = cache_dir() / "velocity" / f"prepared-{path.stem}.h5ad"
-        report = prepare_velocity(path, cfg.data.embed_key, prepared, projection=vcfg.projection,
+        report = prepare_velocity(path, cfg.data.embed_key, None, projection=vcfg.projection,
                                   loadings_key=vcfg.loadings_key)
         log.info("velocity: %s projection, mean confidence %.2f, %.1f s%s", report.projection,
                  report.mean_confidence, report.seconds, " (cached)" if report.cached else "")
-        path = prepared
+        path = Path(report.out)  # read straight from the cache
     with open_h5ad(path) as handle:
         velocity = read_matrix(handle, path, key)
         obs = read_obs(handle, path)

@@ -27,7 +27,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +81,13 @@ def _cache_path(in_path: Path, settings: dict) -> Path:
     return cache_dir() / "velocity" / f"{digest[:24]}.h5ad"
 
 
-def prepare_velocity(in_path: Path, embed_key: str, out_path: Path, projection: str = "auto",
+def prepare_velocity(in_path: Path, embed_key: str, out_path: Path | None, projection: str = "auto",
                      loadings_key: str | None = None, log1p: bool = True, target_sum: float = 1e4,
                      n_neighbors: int = 30, use_cache: bool = True) -> VelocityReport:
-    """Write `in_path` plus `obsm[velocity_<basis>]` and `obs["velocity_confidence"]` to `out_path`."""
+    """Write `in_path` plus `obsm[velocity_<basis>]` and `obs["velocity_confidence"]` to `out_path`.
+
+    With `out_path=None` the result stays in the cache and `report.out` says where (no copy).
+    """
     import anndata as ad
     import scvelo
 
@@ -100,6 +103,8 @@ def prepare_velocity(in_path: Path, embed_key: str, out_path: Path, projection: 
 
     open_h5ad(in_path).close()  # a clear error for a missing or unreadable file
     cached = _cache_path(in_path, settings)
+    if out_path is None:
+        out_path, use_cache = cached, True
     if use_cache and cached.exists():
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if cached.resolve() != out_path.resolve():
@@ -131,7 +136,7 @@ def prepare_velocity(in_path: Path, embed_key: str, out_path: Path, projection: 
             "note": "deterministic mode: scVelo's stochastic mode fails on NumPy >= 2.4 (theislab/scvelo#1341)"}
     adata.uns[INFO_KEY] = info
     write_h5ad_atomic(adata, out_path)
-    if use_cache:
+    if use_cache and cached.resolve() != out_path.resolve():
         cached.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out_path, cached)
     return VelocityReport(str(out_path), key, projection, "deterministic", time.perf_counter() - start,
@@ -180,8 +185,3 @@ def _scvelo_velocity(adata, embed_key: str, projection: str, loadings_key: str |
     out[rows] = np.asarray(velocity, np.float32)
     conf[rows] = work.obs["velocity_confidence"].to_numpy(np.float32)
     return out, conf
-
-
-def report_dict(report: VelocityReport) -> dict:
-    """Plain data of a report (for logs and params)."""
-    return asdict(report)

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
 from stx.config import TrainerConfig
@@ -63,20 +64,11 @@ class SetStream(IterableDataset):
             yield self.sampler.sample()
 
 
-def _progress_bar_class():
-    from lightning.pytorch.callbacks import RichProgressBar
+class StepProgress(RichProgressBar):
+    """Rich progress over optimizer steps (the stream has no epochs to count)."""
 
-    class StepProgress(RichProgressBar):
-        """Rich progress over optimizer steps (the stream has no epochs to count)."""
-
-        def _get_train_description(self, current_epoch: int) -> str:
-            return "training"
-
-    return StepProgress
-
-
-def _StepProgress(**kwargs):
-    return _progress_bar_class()(**kwargs)
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "training"
 
 
 def _atomic_checkpoint_io():
@@ -184,7 +176,7 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
                                save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
         callbacks.append(best)
     if progress:
-        callbacks.append(_StepProgress(leave=True))
+        callbacks.append(StepProgress(leave=True))
     n_devices = devices or tcfg.devices
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     strategy = tcfg.strategy
