@@ -53,6 +53,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # MLflow's own retry warnings would bury stx's one-line error; stx reports store problems itself
     logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # per-retry lines while a server restarts
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", message=r".*(isinstance\(treespec|litlogger|does not have many workers).*")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mlflow|anndata|scanpy).*")
@@ -180,6 +181,12 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
                                   "temporal_coherence"))
     model = f" Registered as models:/stx-{s.variant}/{s.model_version}." if s.model_version else ""
     ui = "stx ui" if s.tracking_uri.startswith("sqlite") else f"the MLflow UI at {mask_secrets(s.tracking_uri)}"
+    if s.held:
+        folder = Path(s.held).parent
+        return (f"\nRun {s.run_name} ({s.run_id}) finished locally in {s.wall_time_s:.0f} s, but the tracking store "
+                f"{mask_secrets(s.tracking_uri)} did not take all of its records (metrics, artifacts, model, final "
+                f"status): they are held in {s.held}. Held-out test metrics: {metrics}. Outputs: {folder}. "
+                f"When the store is back, send them with:\n  stx sync {folder}")
     return (f"\nRun {s.run_name} ({s.run_id}) finished in {s.wall_time_s:.0f} s in experiment "
             f"'{s.experiment}' of {mask_secrets(s.tracking_uri)}. Held-out test metrics: {metrics}."
             f"{model} Artifacts (checkpoints, predictions, plots): {mask_secrets(s.artifact_uri)}. "
@@ -329,31 +336,23 @@ def velocity(data_path: Path, basis: str, out: Path, projection: str, loadings: 
 
 
 @cli.command()
-@click.argument("spool", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--run-id", required=True, help="The run the metrics belong to.")
+@click.argument("where", type=click.Path(exists=True, path_type=Path))
 @_tracking_option
-def sync(spool: Path, run_id: str, tracking_uri: str | None) -> None:
-    """Upload metrics a run could not send during a tracking-store outage (unsent_metrics.jsonl)."""
-    import json
+def sync(where: Path, tracking_uri: str | None) -> None:
+    """Send what a run held back while the tracking store was unreachable.
 
-    from stx.tracking.run import TrackedRun, connect
+    WHERE is the run's output folder (stx_outputs/RUN_ID) or its outbox.jsonl. Metrics,
+    artifacts, the model registration and the final status are sent in their original
+    order; each is dropped from the outbox as it lands, so an interrupted sync resumes.
+    """
     from stx.tracking.store import resolve_tracking_uri
+    from stx.tracking.sync import sync_outbox
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = connect(uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise StxError(f"--run-id {run_id}: no such run in this tracking store") from None
-    try:
-        rows = [(r["key"], float(r["value"]), int(r["step"]), int(r["timestamp"]))
-                for r in map(json.loads, spool.read_text().splitlines()) if r]
-    except (ValueError, KeyError) as err:
-        raise StxError(f"{spool}: not a spool file written by stx ({err})") from None
-    TrackedRun(client, run_id, run.info.experiment_id, uri).log_rows(rows)
-    done = spool.with_suffix(".synced")
-    spool.rename(done)
-    click.echo(f"Uploaded {len(rows)} metric values to run {run_id}; {spool.name} renamed to {done.name}.")
+    done = sync_outbox(where, uri)
+    click.echo(f"Sent {done.sent} held operations ({done.metric_values} metric values, {done.artifacts} artifacts"
+               f"{', the model registration' if done.registered else ''}) to run {done.run_id}; its status is now "
+               f"{done.status}. The outbox is kept as {done.archived.name}.")
 
 
 # ---------------------------------------------------------------- ui

@@ -169,6 +169,8 @@ class TrackingConfig(_Section):
     projection: Literal["umap", "pca"] = Field("umap", description="2-D map in plots/umap.png")
     register_model: bool = Field(True, description="register the model as stx-<variant>")
     output_dir: str = Field("stx_outputs", description="local run folders (checkpoints), from cwd")
+    outage_grace_s: float = Field(120.0, ge=0, description="after training, how long to wait for an unreachable "
+                                  "store before holding the records for `stx sync`")
 
     _none_if_empty = field_validator("experiment", mode="before")(_empty_to_none)
 

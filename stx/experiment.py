@@ -20,6 +20,8 @@ from stx.data.load import CellTable, file_sha256, load_cells
 from stx.data.split import TEST, Split, make_split
 from stx.errors import StxError
 from stx.tracking.buffer import MetricBuffer
+from stx.tracking.outbox import FILENAME as OUTBOX
+from stx.tracking.outbox import Outbox
 from stx.variants import Variant, resolve_variant
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class RunSummary:
     model_version: str | None
     variant: str
     wall_time_s: float
+    held: str | None = None  # the outbox, when the store did not take everything (`stx sync` it)
 
 
 def _is_worker() -> bool:
@@ -125,6 +128,7 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
     with tracked_run(tracking_uri, experiment, run_name, tags, params, parent_run_id) as run:
         out_dir = Path(cfg.tracking.output_dir).resolve() / run.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
+        run.outbox = Outbox(out_dir / OUTBOX, run.run_id)
         # what --resume needs, recorded before the first step: the config and the run folder
         (out_dir / "config").mkdir(exist_ok=True)
         (out_dir / "config" / "resolved.toml").write_text(to_toml(cfg))
@@ -135,7 +139,11 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
                                                aux, callbacks, start)
         artifact_uri = run.artifact_uri()
     return RunSummary(run.run_id, run_name, experiment, tracking_uri, artifact_uri, metrics, reference,
-                      version, variant.name, time.perf_counter() - start)
+                      version, variant.name, time.perf_counter() - start, _held(run))
+
+
+def _held(run) -> str | None:  # noqa: ANN001
+    return str(run.outbox.path) if run.outbox is not None and run.outbox.path.exists() else None
 
 
 def _prepare(cfg: Config, variant: Variant) -> tuple[CellTable, Split, torch.nn.Module, tuple]:
@@ -152,23 +160,32 @@ def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress,
              resume_from: Path | None = None, skip_logged: dict[str, int] | None = None):
     """Train, evaluate, log artifacts and register, inside an open run."""
     os.environ[RUN_DIR_ENV] = str(out_dir)
-    sink = run.log_rows
+    sink = run.send_rows
     if skip_logged:  # a resumed run: steps already in the store are not sent twice
         def sink(rows):  # noqa: ANN001
-            run.log_rows([r for r in rows if r[2] > skip_logged.get(r[0], -1)])
-    buffer = MetricBuffer(sink=sink)
-    fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
-                        callbacks, resume_from)
-    buffer.flush()  # one more try for anything an outage held back
-    if buffer.unsent:
-        spool = out_dir / "unsent_metrics.jsonl"
-        count = buffer.spool(spool)
-        log.warning("%d metric values could not be sent to the tracking store; they are in %s: upload them with "
-                    "'stx sync %s --run-id %s' once it is back", count, spool, spool, run.run_id)
+            run.send_rows([r for r in rows if r[2] > skip_logged.get(r[0], -1)])
+    buffer = MetricBuffer(sink=sink, background=True)
+    try:
+        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
+                            callbacks, resume_from)
+    except BaseException:  # keep what the failed run did log; do not keep a user waiting after Ctrl-C
+        _settle_metrics(buffer, run, min(cfg.tracking.outage_grace_s, 10.0))
+        raise
+    _settle_metrics(buffer, run, cfg.tracking.outage_grace_s)
     metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result,
                                            start)
     version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
     return metrics, reference, version
+
+
+def _settle_metrics(buffer: MetricBuffer, run, grace_s: float) -> None:  # noqa: ANN001
+    """Give an unreachable store `grace_s` seconds to come back, then hold the rest locally."""
+    if buffer.down_since is not None:
+        log.warning("waiting up to %.0f s for the tracking store to answer (tracking.outage_grace_s)", grace_s)
+    rest = buffer.close(grace_s)
+    if rest:
+        run.go_offline(f"{len(rest)} metric values not accepted within {grace_s:.0f} s")
+        run.hold(rest)
 
 
 def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = None,
@@ -184,6 +201,9 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
     tags = run.data.tags
     variant = resolve_variant(tags["stx.variant"])
     out_dir = Path(tags.get("stx.output_dir", ""))
+    if (out_dir / OUTBOX).exists():
+        raise StxError(f"run {run.info.run_id} finished training; its records wait in {out_dir / OUTBOX}: send them "
+                       f"with 'stx sync {out_dir}'")
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise StxError(f"run {run.info.run_id} has no checkpoint to resume from ({ckpt}); it stopped before its "
@@ -198,11 +218,12 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
     name = client.get_experiment(run.info.experiment_id).name
     log.info("resuming %s (%s) from %s", run.info.run_id, variant.name, ckpt)
     with tracked_run(tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run.info.run_id) as handle:
+        handle.outbox = Outbox(out_dir / OUTBOX, handle.run_id)
         metrics, reference, version = _execute(cfg, variant, model, table, split, handle, out_dir, devices, True,
                                                aux, (), start, resume_from=ckpt, skip_logged=logged)
         artifact_uri = handle.artifact_uri()
     return RunSummary(run.info.run_id, run.info.run_name, name, tracking_uri, artifact_uri, metrics, reference,
-                      version, variant.name, time.perf_counter() - start)
+                      version, variant.name, time.perf_counter() - start, _held(handle))
 
 
 def _find_resumable(client, run_ref: str, experiment: str | None):  # noqa: ANN001
@@ -336,11 +357,8 @@ def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, f
 
 
 def _register(cfg, variant, model, table, run, out_dir) -> str | None:  # noqa: ANN001
-    import mlflow
-
     from stx.model.lora import merge_lora
     from stx.model.package import save_package
-    from stx.tracking.pyfunc import ARTIFACT_KEY, MODEL_CODE
 
     model = merge_lora(model.cpu().eval())
     meta = {
@@ -351,14 +369,4 @@ def _register(cfg, variant, model, table, run, out_dir) -> str | None:  # noqa: 
         "mhc": cfg.model.mhc.model_dump() if variant.mhc else None,
     }
     package = save_package(model, meta, out_dir / "model_package")
-    name = f"stx-{variant.name}"
-    if mlflow.active_run() is None:
-        mlflow.start_run(run_id=run.run_id)  # ended by tracked_run with the final status
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-    info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={ARTIFACT_KEY: str(package)},
-                                   registered_model_name=name, pip_requirements=[f"stx=={__version__}"])
-    version = str(info.registered_model_version) if info.registered_model_version is not None else None
-    run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": info.model_uri})
-    return version
+    return run.register_model(package, f"stx-{variant.name}")

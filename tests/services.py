@@ -6,6 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +63,48 @@ def postgresql(database: str = "stx") -> Iterator[str]:
         subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]),
                        capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    """Until `url` answers at all (an HTTP error status counts as an answer)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """A background process (its own process group, output to `log`), stopped with its children."""
+    with open(log, "a") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL it if it lingers."""
+    try:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def mlflow_server_cmd(backend_uri: str, artifacts: Path, port: int) -> list[str]:
+    """`mlflow server` on 127.0.0.1:`port`, one worker, artifacts proxied into `artifacts`."""
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+            "--artifacts-destination", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]

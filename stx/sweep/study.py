@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -167,7 +168,20 @@ def _spawned_worker(req: SweepRequest, parent_run_id: str, storage_url: str, see
     from stx.cli import _setup_logging
 
     _setup_logging(False)
+    _share_cpus(req.workers)
     _worker(req, parent_run_id, storage_url, seed)
+
+
+def _share_cpus(workers: int) -> None:
+    """Give each of `workers` processes its share of the cores: each would otherwise start one
+    torch thread per core, and oversubscribed threads make the workers together several
+    times slower than one (measured: 4 runs on 2 cores took 58 s instead of 24 s). An
+    explicit OMP_NUM_THREADS wins."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // workers))
 
 
 def run_sweep(req: SweepRequest) -> SweepSummary:

@@ -3,32 +3,55 @@
 The training loop adds values (tensors stay on their device; no `.item()` per step);
 `flush()` converts them with one transfer and hands the batch to a sink (MLflow's
 `log_batch`). The full history stays in memory for end-of-run summaries and plots.
+
+With `background=True` the sink is called from a sender thread, so a slow or unreachable
+store never stalls a training step: rows the store did not accept stay queued and go with
+the next attempt (backing off while it is down), in their original order. `close()` gives
+the store a last grace period and returns what it never accepted, for the run's outbox.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from stx.tracking.store import describe_error
+
 log = logging.getLogger(__name__)
 
-Sink = Callable[[list[tuple[str, float, int, int]]], None]  # (key, value, step, timestamp ms)
+Row = tuple[str, float, int, int]  # (key, value, step, timestamp ms)
+Sink = Callable[[list[Row]], None]
+MAX_BACKOFF_S = 15.0
 
 
 class MetricBuffer:
-    """Collects (key, value, step) and flushes them to `sink` in one call."""
+    """Collects (key, value, step) and sends them to `sink` in batches."""
 
-    def __init__(self, sink: Sink | None = None):
+    def __init__(self, sink: Sink | None = None, background: bool = False):
         self.sink = sink
         self._pending: list[tuple[str, torch.Tensor | float, int, int]] = []
-        self.unsent: list[tuple[str, float, int, int]] = []  # converted, not yet accepted by the sink
+        self._unsent: list[Row] = []  # converted, not yet accepted by the sink
+        self._lock = threading.Lock()  # guards _unsent between the loop and the sender
+        self._send_lock = threading.Lock()  # one sink call at a time, rows in order
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.down_since: float | None = None  # wall time of the first failed send of an outage
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if sink is not None and background:
+            self._thread = threading.Thread(target=self._sender, name="stx-metrics", daemon=True)
+            self._thread.start()
+
+    @property
+    def unsent(self) -> list[Row]:
+        """Rows the store has not accepted yet (a copy)."""
+        with self._lock:
+            return list(self._unsent)
 
     def add(self, key: str, value: torch.Tensor | float, step: int) -> None:
         """Queue one value; tensors are detached, not synchronised."""
@@ -42,49 +65,94 @@ class MetricBuffer:
             self.add(key, value, step)
 
     def flush(self) -> int:
-        """Convert queued values to floats (one device sync) and send everything not yet sent.
+        """Convert queued values to floats (one device sync) and send what is not sent yet.
 
-        A sink that fails (the tracking server is down) loses nothing: the rows stay in
-        `unsent` and go with the next flush; training is never stopped by it. Returns the
-        number of rows sent.
+        A sink that fails (the store is down) loses nothing and never stops training: the
+        rows stay queued for the next attempt. Returns the number of rows sent by this call
+        (0 in background mode, where the sender thread sends them).
         """
-        if self._pending:
-            tensors = [v for _, v, _, _ in self._pending if isinstance(v, torch.Tensor)]
-            floats = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors \
-                else iter(())
-            rows = [(k, next(floats) if isinstance(v, torch.Tensor) else float(v), s, ts)
-                    for k, v, s, ts in self._pending]
-            self._pending.clear()
-            for key, value, step, _ in rows:
-                self.history[key].append((step, value))
-            self.unsent.extend(rows)
-        if self.sink is None or not self.unsent:
-            sent = 0 if self.sink is not None else len(self.unsent)
-            if self.sink is None:
-                self.unsent.clear()
-            return sent
-        try:
-            self.sink(self.unsent)
-        except Exception as err:  # any transport error: keep the rows, try again next time
-            log.warning("tracking store unreachable (%s: %s); %d metric values kept for the next attempt",
-                        err.__class__.__name__, str(err).splitlines()[0][:120] if str(err) else "", len(self.unsent))
+        self._convert()
+        if self.sink is None:
+            with self._lock:
+                count = len(self._unsent)
+                self._unsent.clear()
+            return count
+        if self._thread is not None:
+            self._wake.set()
             return 0
-        sent = len(self.unsent)
-        self.unsent = []
-        return sent
+        return self._send()
 
-    def spool(self, path: Path) -> int:
-        """Write the rows the store never accepted as JSON lines (for `stx sync`)."""
-        if not self.unsent:
-            return 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
-            for key, value, step, ts in self.unsent:
-                handle.write(json.dumps({"key": key, "value": value, "step": step, "timestamp": ts}) + "\n")
-        count = len(self.unsent)
-        self.unsent = []
-        return count
+    def close(self, timeout: float) -> list[Row]:
+        """Stop the sender and keep trying for up to `timeout` seconds; returns (and forgets)
+        the rows the store never accepted."""
+        deadline = time.monotonic() + timeout
+        self._convert()
+        if self._thread is not None:
+            self._stop.set()
+            self._wake.set()
+            # a call already in flight may still land its rows: then they are sent twice, and the
+            # store keeps one copy (MLflow ignores a metric row with the same key, step, value and time)
+            self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._thread = None
+        delay = 0.5
+        while self.sink is not None and self.unsent and time.monotonic() < deadline:
+            if self._send():
+                break
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        with self._lock:
+            rest, self._unsent = self._unsent, []
+        return rest
 
     def values(self, key: str) -> list[float]:
         """Flushed values of one metric, in step order."""
         return [v for _, v in self.history.get(key, [])]
+
+    def _convert(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        tensors = [v for _, v, _, _ in pending if isinstance(v, torch.Tensor)]
+        floats = iter(torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
+        rows = [(k, next(floats) if isinstance(v, torch.Tensor) else float(v), s, ts) for k, v, s, ts in pending]
+        for key, value, step, _ in rows:
+            self.history[key].append((step, value))
+        with self._lock:
+            self._unsent.extend(rows)
+
+    def _send(self) -> int:
+        """One attempt to send everything queued; the number of rows accepted."""
+        with self._send_lock:
+            with self._lock:
+                batch = list(self._unsent)
+            if not batch:
+                return 0
+            try:
+                self.sink(batch)
+            except Exception as err:  # any transport error: keep the rows for the next attempt
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    log.warning("tracking store unreachable (%s): training goes on; %d metric values are kept "
+                                "and resent when it answers", describe_error(err), len(batch))
+                return 0
+            with self._lock:
+                del self._unsent[:len(batch)]  # only appends happened meanwhile
+            if self.down_since is not None:
+                log.warning("tracking store reachable again after %.0f s: %d held metric values sent",
+                            time.time() - self.down_since, len(batch))
+                self.down_since = None
+            return len(batch)
+
+    def _sender(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay:  # the store is down: retry on a schedule, not on every flush
+                self._stop.wait(delay)
+            else:
+                self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            with self._lock:
+                queued = bool(self._unsent)
+            delay = 0.0 if not queued or self._send() else min(max(delay * 2, 1.0), MAX_BACKOFF_S)

@@ -8,6 +8,7 @@ DataFrame of predicted embeddings in the same row order.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from stx import __version__
 from stx.errors import StxError
 from stx.model.package import InferencePackage, load_package
 
@@ -23,27 +25,47 @@ ARTIFACT_KEY = "stx_model"
 MODEL_CODE = str(Path(__file__).with_name("pyfunc_model.py"))
 
 
-class STPyfunc(mlflow.pyfunc.PythonModel):
-    """Loads the package once; predicts per condition, set by set."""
+# predict() has no type hints on purpose (see there). MLflow advises adding them when the class
+# is defined, through its own `simplefilter("once")` that outranks any filter: record the
+# warning here instead of printing it.
+with warnings.catch_warnings(record=True):
+    class STPyfunc(mlflow.pyfunc.PythonModel):
+        """Loads the package once; predicts per condition, set by set."""
 
-    package: InferencePackage | None = None
+        package: InferencePackage | None = None
 
-    def load_context(self, context: Any) -> None:
-        self.package = load_package(Path(context.artifacts[ARTIFACT_KEY]))
+        def load_context(self, context: Any) -> None:
+            self.package = load_package(Path(context.artifacts[ARTIFACT_KEY]))
 
-    # no type hints here: MLflow would turn them into a (wrong) input schema
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        frame = pd.DataFrame(model_input) if isinstance(model_input, dict) else model_input
-        if "condition" not in frame:
-            raise StxError("model input needs a 'condition' column with the target condition of each row")
-        if "embedding" in frame:
-            emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
-        else:
-            emb = frame.drop(columns=[c for c in ("condition", "batch") if c in frame]).to_numpy(np.float32)
-        out = np.zeros_like(emb)
-        conditions = frame["condition"].astype(str).to_numpy()
-        batches = frame["batch"].astype(str).to_numpy() if "batch" in frame else None
-        for condition in np.unique(conditions):
-            rows = conditions == condition
-            out[rows] = self.package.predict(emb[rows], condition, None if batches is None else batches[rows])
-        return pd.DataFrame(out, index=frame.index)
+        # no type hints here: MLflow would turn them into a (wrong) input schema
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+            frame = pd.DataFrame(model_input) if isinstance(model_input, dict) else model_input
+            if "condition" not in frame:
+                raise StxError("model input needs a 'condition' column with the target condition of each row")
+            if "embedding" in frame:
+                emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+            else:
+                emb = frame.drop(columns=[c for c in ("condition", "batch") if c in frame]).to_numpy(np.float32)
+            out = np.zeros_like(emb)
+            conditions = frame["condition"].astype(str).to_numpy()
+            batches = frame["batch"].astype(str).to_numpy() if "batch" in frame else None
+            for condition in np.unique(conditions):
+                rows = conditions == condition
+                out[rows] = self.package.predict(emb[rows], condition, None if batches is None else batches[rows])
+            return pd.DataFrame(out, index=frame.index)
+
+
+def log_and_register(run: Any, package: Path, name: str) -> str | None:
+    """Log `package` as run `run`'s pyfunc model and register it as `name`; the new version.
+
+    MLflow logs models into the active fluent run, so the run is made active here; it is
+    ended with its final status by whoever closes the run (`tracked_run`, `stx sync`).
+    """
+    if mlflow.active_run() is None or mlflow.active_run().info.run_id != run.run_id:
+        mlflow.start_run(run_id=run.run_id)
+    info = mlflow.pyfunc.log_model(name="model", python_model=MODEL_CODE, artifacts={ARTIFACT_KEY: str(package)},
+                                   registered_model_name=name,
+                                   pip_requirements=[f"stx=={__version__}"])
+    version = str(info.registered_model_version) if info.registered_model_version is not None else None
+    run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": info.model_uri})
+    return version

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from stx.errors import StxError
-from stx.tracking.store import default_artifact_root, mask_secrets
+from stx.tracking.outbox import Outbox
+from stx.tracking.store import default_artifact_root, describe_error, is_unreachable, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +34,32 @@ class RunPruned(Exception):
 
 @dataclass
 class TrackedRun:
-    """Handle of an open run: ids, and batched logging."""
+    """Handle of an open run: ids, batched logging, and the outbox that holds what the store
+    could not take (once `outbox` is set, an unreachable store no longer fails the run)."""
 
     client: object
     run_id: str
     experiment_id: str
     tracking_uri: str
+    outbox: Outbox | None = None
+    offline: str | None = None  # why the store is treated as unreachable for the rest of the run
 
-    def log_rows(self, rows: list[tuple[str, float, int, int]]) -> None:
-        """Metrics as (key, value, step, timestamp ms), sent in as few calls as allowed."""
+    def send_rows(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Metrics as (key, value, step, timestamp ms), sent in as few calls as allowed; raises
+        when the store does not take them (a MetricBuffer keeps and resends them)."""
         from mlflow.entities import Metric
 
         metrics = [Metric(k, v, ts, s) for k, v, s, ts in rows]
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
 
+    def log_rows(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Like `send_rows`, but held in the outbox when the store is unreachable."""
+        if rows:
+            self._deliver("metrics", lambda: self.send_rows(rows), rows=[list(r) for r in rows])
+
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         """A few metrics at one step, in one call."""
-        import time
-
         now = int(time.time() * 1000)
         self.log_rows([(k, float(v), step, now) for k, v in values.items()])
 
@@ -66,30 +75,90 @@ class TrackedRun:
         """Tags in one call."""
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, mask_secrets(str(v))) for k, v in tags.items()])
+        tags = {k: mask_secrets(str(v)) for k, v in tags.items()}
+        self._deliver("tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()]),
+                      tags=tags)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None, attempts: int = 4) -> None:
-        """Upload one file or directory; retried with backoff, never silently dropped."""
-        import time
+        """Upload one file or directory; retried with backoff, never silently dropped: after the
+        last attempt it is held in the outbox (with a warning) or, without one, an error."""
+        path = path.resolve()
+        if self.offline is None:
+            error = self._upload_with_retries(path, artifact_path, attempts)
+            if error is None:
+                return
+            if self.offline is None:  # the store answers but did not take the file
+                if self.outbox is None:
+                    raise StxError(f"could not upload {path.name} to the run's artifact store after {attempts} "
+                                   f"attempts ({error}); the local copy is in {path.parent}")
+                log.warning("could not upload %s after %d attempts (%s); it is held for 'stx sync'",
+                            path, attempts, error)
+        self.outbox.add("artifact", path=str(path), artifact_path=artifact_path)
 
+    def register_model(self, package: Path, name: str) -> str | None:
+        """Log the inference package as a pyfunc model and register it as `name`; the version,
+        or None when the registration is held for `stx sync`."""
+        from stx.tracking.pyfunc import log_and_register
+
+        result: list[str | None] = []
+        self._deliver("register", lambda: result.append(log_and_register(self, package, name)),
+                      package=str(package.resolve()), name=name)
+        return result[0] if result else None
+
+    def artifact_uri(self) -> str:
+        """Where this run's artifacts live (its local output folder while the store is away)."""
+        if self.offline is not None and self.outbox is not None:
+            return self.outbox.path.parent.as_uri()
+        return self.client.get_run(self.run_id).info.artifact_uri
+
+    def go_offline(self, reason: str) -> None:
+        """Treat the store as unreachable for the rest of the run: everything goes to the outbox."""
+        if self.offline is None:
+            self.offline = reason
+            where = self.outbox.path if self.outbox is not None else "memory"
+            log.warning("tracking store %s unreachable (%s): the run finishes locally and holds its records in %s",
+                        mask_secrets(self.tracking_uri), reason, where)
+
+    def hold(self, rows: list[tuple[str, float, int, int]]) -> None:
+        """Metric rows the store never accepted, into the outbox."""
+        if rows:
+            self.outbox.add("metrics", rows=[list(r) for r in rows])
+
+    @property
+    def pending(self) -> int:
+        """Operations waiting in the outbox."""
+        return len(self.outbox) if self.outbox is not None else 0
+
+    def _upload_with_retries(self, path: Path, artifact_path: str | None, attempts: int) -> str | None:
+        """None once uploaded, else what went wrong (the run goes offline when the store is away)."""
         for attempt in range(1, attempts + 1):
             try:
                 if path.is_dir():
                     self.client.log_artifacts(self.run_id, str(path), artifact_path)
                 else:
                     self.client.log_artifact(self.run_id, str(path), artifact_path)
-                return
+                return None
             except Exception as err:
+                error = describe_error(err, 200)
+                if is_unreachable(err) and self.outbox is not None:
+                    self.go_offline(error)
+                    return error
                 if attempt == attempts:
-                    raise StxError(f"could not upload {path.name} to {mask_secrets(self.artifact_uri())} after "
-                                   f"{attempts} attempts ({err.__class__.__name__}: {mask_secrets(str(err))[:200]}); "
-                                   f"the local copy is in {path.parent}") from None
+                    return error
                 log.warning("upload of %s failed (%s); retrying", path.name, err.__class__.__name__)
                 time.sleep(0.5 * 2 ** attempt)
+        return None
 
-    def artifact_uri(self) -> str:
-        """Where this run's artifacts live."""
-        return self.client.get_run(self.run_id).info.artifact_uri
+    def _deliver(self, op: str, call: Callable[[], object], **fields: object) -> None:
+        if self.offline is None:
+            try:
+                call()
+                return
+            except Exception as err:
+                if self.outbox is None or not is_unreachable(err):
+                    raise
+                self.go_offline(describe_error(err))
+        self.outbox.add(op, **fields)
 
 
 def ensure_experiment(client: object, name: str, uri: str) -> str:
@@ -138,11 +207,30 @@ def _probe(uri: str) -> None:
             engine.dispose()
 
 
+def first_use_lock(uri: str) -> AbstractContextManager:
+    """An inter-process lock on an embedded sqlite store while MLflow creates its tables.
+
+    MLflow creates and migrates the schema on first use without a lock: several `stx run`
+    processes starting at once on a fresh `mlruns/` would all run the migrations and fail
+    ("table runs already exists"). Servers and PostgreSQL stores need no lock here.
+    """
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock", timeout=300)
+
+
 def connect(uri: str) -> object:
     """An MlflowClient for `uri`, with a one-line error when the store cannot be reached."""
     import mlflow
     from mlflow import MlflowClient
 
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     try:
         _probe(uri)
         # the fluent API (model logging) must agree with the client, and the registry lives in the
@@ -157,13 +245,19 @@ def connect(uri: str) -> object:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)
+        with first_use_lock(uri):  # the first client creates and migrates the tables
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
     except Exception as err:
-        first = mask_secrets(str(err)).splitlines()[0][:160] if str(err) else ""
-        raise StxError(f"tracking store {mask_secrets(uri)} is not reachable ({err.__class__.__name__}: {first}); "
+        raise StxError(f"tracking store {mask_secrets(uri)} is not reachable ({describe_error(err)}); "
                        f"check --tracking-uri / MLFLOW_TRACKING_URI") from None
     return client
+
+
+# MLflow retries a failed HTTP call 7 times over ~4 minutes. stx holds and resends what a
+# server does not take (MetricBuffer, the outbox, retried uploads), so a short MLflow retry
+# lets it notice an outage in seconds; an explicit MLFLOW_HTTP_REQUEST_* setting wins.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 @contextmanager
@@ -172,7 +266,6 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
                 existing_run_id: str | None = None) -> Iterator[TrackedRun]:
     """Open a run (nested under `parent_run_id` if given; or reopen `existing_run_id` to
     resume it), yield its handle, and end it with the right status whatever happens."""
-    import mlflow
 
     client = connect(uri)
     if existing_run_id:
@@ -204,9 +297,32 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         _record_error(handle, f"{err.__class__.__name__}: {err}", traceback.format_exc())
         raise
     finally:
-        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == handle.run_id:
-            mlflow.end_run(status)
-        client.set_terminated(handle.run_id, status)
+        _terminate(handle, status)
+
+
+def _terminate(handle: TrackedRun, status: str) -> None:
+    """Set the final status, or hold it when anything else is still held: a run whose records
+    are incomplete in the store must not say FINISHED there; `stx sync` sets it last."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == handle.run_id:
+        # the fluent run is popped before MLflow contacts the store, so this cannot leave it behind
+        try:
+            mlflow.end_run("RUNNING" if handle.pending or handle.offline else status)
+        except Exception:
+            log.debug("could not end the fluent run %s", handle.run_id, exc_info=True)
+    if not handle.pending and handle.offline is None:
+        try:
+            handle.client.set_terminated(handle.run_id, status)
+            return
+        except Exception as err:
+            if handle.outbox is None or not is_unreachable(err):
+                raise
+            handle.go_offline(describe_error(err))
+    handle.outbox.add("terminate", status=status)
+    if handle.offline is None:  # the store answers, but some records could not be written
+        handle.set_tags({"stx.sync_pending": str(handle.outbox.path)})
 
 
 def _record_error(handle: TrackedRun, message: str, trace: str | None = None) -> None:

@@ -35,3 +35,32 @@ def mask_secrets(text: str) -> str:
     """Replace passwords in URLs (`scheme://user:pass@host`) with `***`."""
     return re.sub(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@",
                   r"\g<scheme>\g<user>:***@", text)
+
+
+_UNREACHABLE = re.compile(r"Max retries exceeded|Connection refused|Connection reset|Failed to establish|timed out|"
+                          r"failed with error code 50[234]|could not connect|server closed the connection|"
+                          r"Name or service not known|database is locked", re.IGNORECASE)
+
+
+def is_unreachable(err: BaseException) -> bool:
+    """True when `err` (or what caused it) says the store could not be reached, as opposed to
+    the store refusing the request: the first is worth holding and resending, the second is not."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            return True
+        name = type(err).__name__
+        if name in {"OperationalError", "InterfaceError", "MaxRetryError", "NewConnectionError", "ReadTimeout",
+                    "ConnectTimeout", "EndpointConnectionError"}:
+            return True
+        if _UNREACHABLE.search(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def describe_error(err: BaseException, limit: int = 160) -> str:
+    """`Class: first line of the message`, secrets masked: for one-line reports."""
+    text = mask_secrets(str(err)).splitlines()[0][:limit] if str(err).strip() else ""
+    return f"{err.__class__.__name__}: {text}" if text else err.__class__.__name__

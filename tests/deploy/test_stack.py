@@ -13,16 +13,14 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.services import free_port, postgres_available, postgresql
+from tests.services import free_port, postgres_available, postgresql, process, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker/docker-compose.yml").read_text())
@@ -69,33 +67,6 @@ def test_compose_file_agrees_with_the_server_script_and_keeps_secrets_out():
     assert used <= set(re.findall(r"^(\w+)=", example, re.M)), used - set(re.findall(r"^(\w+)=", example, re.M))
 
 
-def _wait(url: str, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # answering, even if it refuses
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path):
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            try:
-                os.killpg(proc.pid, 15)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, 9)
-
-
 def _create_databases(url: str) -> None:
     import sqlalchemy
 
@@ -119,9 +90,9 @@ def stack(tmp_path_factory):
         s3_port, mlflow_port = free_port(), free_port()
         s3 = f"http://127.0.0.1:{s3_port}"
         base = {**os.environ, **SECRETS, "AWS_DEFAULT_REGION": "us-east-1"}
-        with _process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], base,
+        with process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)], base,
                       tmp / "moto.log"):
-            _wait(s3)
+            wait_http(s3)
             boto3.client("s3", endpoint_url=s3, aws_access_key_id="minio", aws_secret_access_key="x",
                          region_name="us-east-1").create_bucket(Bucket=SECRETS["ARTIFACT_BUCKET"])
             # the compose file's mlflow environment, hosts rewritten to the local services
@@ -130,9 +101,9 @@ def stack(tmp_path_factory):
             env.update(MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(mlflow_port), MLFLOW_WORKERS="1",
                        MLFLOW_ALLOWED_HOSTS=f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}",
                        MLFLOW_AUTH_CONFIG_PATH=str(tmp / "auth.ini"))
-            with _process(["sh", str(SCRIPT)], {**base, **env}, tmp / "mlflow.log"):
+            with process(["sh", str(SCRIPT)], {**base, **env}, tmp / "mlflow.log"):
                 uri = f"http://127.0.0.1:{mlflow_port}"
-                _wait(f"{uri}/health", timeout=180)
+                wait_http(f"{uri}/health", timeout=180)
                 client_env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
                               "MLFLOW_TRACKING_USERNAME": SECRETS["MLFLOW_TRACKING_USERNAME"],
                               "MLFLOW_TRACKING_PASSWORD": SECRETS["MLFLOW_TRACKING_PASSWORD"]}
