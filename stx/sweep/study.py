@@ -146,7 +146,10 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
     trial.set_user_attr("mlflow_run_id", summary.run_id)
     if summary.model_version:
         trial.set_user_attr("model_version", summary.model_version)
-    metrics = MlflowClient(req.tracking_uri).get_run(summary.run_id).data.metrics
+    # the run's own values first: they exist even when the store was away and the run held them
+    metrics = {**summary.metrics, **summary.reference}
+    if base.sweep.objective not in metrics and not summary.held:
+        metrics = MlflowClient(req.tracking_uri).get_run(summary.run_id).data.metrics
     if base.sweep.objective not in metrics:
         raise StxError(f"sweep.objective '{base.sweep.objective}' was not logged by run {summary.run_id}")
     return float(metrics[base.sweep.objective])

@@ -65,6 +65,8 @@ def sync_outbox(where: Path, uri: str) -> SyncResult:
         active = mlflow.active_run()
         if active is not None and active.info.run_id == handle.run_id:
             mlflow.end_run(status)
+    if "stx.sync_pending" in run.data.tags:  # set when the store answered but refused a record
+        client.delete_tag(box.run_id, "stx.sync_pending")
     archived = box.path.with_name(box.path.name + ".synced")
     box.path.replace(archived)
     return SyncResult(box.run_id, total, counts["metrics"], counts["artifact"], counts["register"] > 0, status,

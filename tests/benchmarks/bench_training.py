@@ -38,7 +38,7 @@ def _block(cfg, table, split, out: Path, tracked: bool, uri: str | None) -> floa
     from stx.tracking.run import tracked_run
 
     with tracked_run(uri, "bench", "bench", {}, {}) as run:
-        return timed_fit(cfg, table, split, "lora", out, sink=run.log_rows, monitor=True)
+        return timed_fit(cfg, table, split, "lora", out, sink=run.send_rows, monitor=True)
 
 
 ARC_SCRIPT = textwrap.dedent('''

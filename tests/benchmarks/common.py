@@ -63,8 +63,10 @@ def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Pa
     """Median step time (s) of one training run of `variant`."""
     model = build_model(cfg, resolve_variant(variant), table)
     clock = Clock()
-    system = STSystem(model, cfg.trainer, MetricBuffer(sink=sink))
+    buffer = MetricBuffer(sink=sink, background=sink is not None)  # as stx run sends them
+    system = STSystem(model, cfg.trainer, buffer)
     fit(system, table, split, cfg.trainer, out, progress=False, monitor=monitor, extra_callbacks=(clock,))
+    buffer.close(timeout=60)
     return clock.median_step()
 
 

@@ -24,6 +24,7 @@ def held_run(tmp_path):
     box.add("artifact", path=str(out / "eval" / "metrics.csv"), artifact_path="eval")
     box.add("tags", tags={"stx.note": "held"})
     box.add("terminate", status="FINISHED")
+    client.set_tag(run.info.run_id, "stx.sync_pending", str(box.path))
     return uri, client, run.info.run_id, out
 
 
@@ -34,6 +35,7 @@ def test_sync_sends_everything_in_order_and_finishes_the_run(held_run):
     assert "Sent 4 held operations (2 metric values, 1 artifacts)" in result.output
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["stx.note"] == "held"
+    assert "stx.sync_pending" not in run.data.tags
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")] == [(7, 1.5), (8, 1.25)]
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/metrics.csv"]
     assert not (out / "outbox.jsonl").exists() and (out / "outbox.jsonl.synced").exists()
