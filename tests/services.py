@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -32,9 +33,27 @@ def postgres_available() -> bool:
     return shutil.which("initdb") is not None and shutil.which("pg_ctl") is not None
 
 
+@dataclass
+class PostgreSQL:
+    """A throwaway cluster that a test can stop and start again (same data, same port)."""
+
+    url: str
+    data: Path
+    log: Path
+    options: str
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"]),
+                       capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-o",
+                                          self.options, "start"]), check=True, capture_output=True)
+
+
 @contextmanager
-def postgresql(database: str = "stx") -> Iterator[str]:
-    """A fresh PostgreSQL cluster (initdb + pg_ctl) on a free port; yields a SQLAlchemy URL.
+def postgresql_server(database: str = "stx") -> Iterator[PostgreSQL]:
+    """A fresh PostgreSQL cluster (initdb + pg_ctl) on a free port, with database `database`.
 
     Its folder lives directly under the system temp dir: pytest's tmp dirs are private to
     root, and the server runs as the postgres account when the tests run as root.
@@ -51,18 +70,23 @@ def postgresql(database: str = "stx") -> Iterator[str]:
     port = free_port()
     subprocess.run(_as_postgres_user(["initdb", "-D", str(data), "-A", "trust", "-U", "stx", "--no-sync"]),
                    check=True, capture_output=True)
-    log = tmp / "pg.log"
-    options = f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off"
-    subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-l", str(log), "-w", "-o", options, "start"]),
-                   check=True, capture_output=True)
+    server = PostgreSQL(f"postgresql+psycopg://stx@127.0.0.1:{port}/{database}", data, tmp / "pg.log",
+                        f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off")
+    server.start()
     try:
         subprocess.run(_as_postgres_user(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "stx", database]),
                        check=True, capture_output=True)
-        yield f"postgresql+psycopg://stx@127.0.0.1:{port}/{database}"
+        yield server
     finally:
-        subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                       capture_output=True)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def postgresql(database: str = "stx") -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields its SQLAlchemy URL."""
+    with postgresql_server(database) as server:
+        yield server.url
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:

@@ -3,7 +3,11 @@
 `tracked_run()` creates the run with its name and tags, logs the params once, and always
 ends it: FINISHED on success, FAILED (with the error logged) on an exception, KILLED on
 Ctrl-C or SIGTERM. Training code never talks to MLflow; it fills a MetricBuffer whose sink
-is `TrackedRun.log_rows` (batched `log_batch` calls).
+is `TrackedRun.send_rows` (batched `log_batch` calls).
+
+Once a run has an outbox (its output folder exists), an unreachable store no longer fails
+it: records go to the outbox in order, the final status last, for `stx sync`; the run
+stays RUNNING in the store until then rather than claim FINISHED over missing records.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""A real `mlflow server` stopped in the middle of `stx run`: nothing is lost.
+"""A real `mlflow server` (or PostgreSQL store) stopped in the middle of `stx run`: nothing is lost.
 
-Two faults: the server comes back (the run flushes what it held and finishes normally), and
-the server stays away (the run finishes locally, holds its records in its outbox, and
-`stx sync` delivers them once the server is back).
+Faults: the server comes back (the run flushes what it held and finishes normally); the
+server stays away (the run finishes locally, holds its records in its outbox, and `stx sync`
+delivers them once the server is back); a PostgreSQL store restarts mid-training.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.services import free_port, mlflow_server_cmd, stop, wait_http
+from tests.services import free_port, mlflow_server_cmd, postgres_available, postgresql_server, stop, wait_http
 
 STEPS = 400
 LOG_EVERY = 5
@@ -128,3 +128,21 @@ def test_server_that_never_returns_then_stx_sync(server, workdir):
     assert sync.returncode == 0, sync.stdout + sync.stderr[-3000:]
     assert "the model registration" in sync.stdout and "status is now FINISHED" in sync.stdout
     _assert_complete(server["client"], run_id)
+
+
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL binaries (initdb, pg_ctl) not installed")
+def test_postgresql_store_restart_mid_training_loses_nothing(workdir):
+    with postgresql_server("mlflow") as pg:
+        client = MlflowClient(tracking_uri=pg.url, registry_uri=pg.url)
+        proc = _launch(workdir, {"uri": pg.url})
+        try:
+            run_id = _wait_for_losses(client, 3)
+            pg.stop()
+            time.sleep(8)
+            pg.start()
+            out, _ = proc.communicate(timeout=400)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, out[-3000:]
+        assert "tracking store unreachable" in out and "reachable again" in out, out[-3000:]
+        _assert_complete(client, run_id)

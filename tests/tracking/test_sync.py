@@ -75,3 +75,11 @@ def test_sync_of_a_run_from_another_store(held_run, tmp_path):
     assert result.exit_code == 2 and "is not in the tracking store" in result.output
     result = CliRunner().invoke(cli, ["sync", str(tmp_path / "stx_outputs"), "--tracking-uri", "sqlite:///x.db"])
     assert result.exit_code == 2 and "no outbox.jsonl here" in result.output
+
+
+def test_resume_refuses_a_run_waiting_for_sync(held_run, monkeypatch):
+    uri, client, run_id, out = held_run
+    client.set_tag(run_id, "stx.variant", "lora")
+    client.set_tag(run_id, "stx.output_dir", str(out))
+    result = CliRunner().invoke(cli, ["run", "--resume", run_id, "--tracking-uri", uri])
+    assert result.exit_code == 2 and f"stx sync {out}" in result.output, result.output
