@@ -143,7 +143,7 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
 
 
 def _held(run) -> str | None:  # noqa: ANN001
-    return str(run.outbox.path) if run.outbox is not None and run.outbox.path.exists() else None
+    return str(run.outbox.path) if run.pending else None
 
 
 def _prepare(cfg: Config, variant: Variant) -> tuple[CellTable, Split, torch.nn.Module, tuple]:

@@ -37,7 +37,8 @@ class Outbox:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """Operations waiting (a method, not __len__: an empty outbox must still be truthy)."""
         return len(self.load()) if self.path.exists() else 0
 
     def load(self) -> list[dict]:

@@ -131,7 +131,7 @@ class TrackedRun:
     @property
     def pending(self) -> int:
         """Operations waiting in the outbox."""
-        return len(self.outbox) if self.outbox is not None else 0
+        return self.outbox.count() if self.outbox is not None else 0
 
     def _upload_with_retries(self, path: Path, artifact_path: str | None, attempts: int) -> str | None:
         """None once uploaded, else what went wrong (the run goes offline when the store is away)."""
