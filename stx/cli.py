@@ -120,7 +120,7 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
 
     from stx.config import load_config
     from stx.tracking.store import resolve_tracking_uri
-    from stx.variants import VARIANTS, resolve_variant
+    from stx.variants import STUDY_VARIANTS, resolve_variant
 
     if resume:
         if variant or config_path or overrides or seed is not None:
@@ -158,27 +158,29 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
     experiment = experiment or cfg.experiment_name()
     base_seed = cfg.trainer.seed
     for offset in range(seeds):
-        for name in VARIANTS:
+        for name in STUDY_VARIANTS:
             seeded = load_config(config_path, (*overrides, f"trainer.seed={base_seed + offset}"))
             summary = run_experiment(seeded, name, uri, experiment=experiment, devices=devices)
             if summary is not None:
                 click.echo(_run_paragraph(summary))
     from stx.compare.report import compare as build
 
-    result = build(uri, Path("results"), experiment=experiment, runs="all", projection=cfg.tracking.projection)
+    result = build(uri, None, experiment=experiment, runs="all", projection=cfg.tracking.projection)
     click.echo(_compare_paragraph(result, uri))
 
 
 def _run_paragraph(s) -> str:  # noqa: ANN001
+    from stx.evaluate.metrics import ALL_METRICS
     from stx.tracking.store import mask_secrets
 
     def fmt(key: str, source: dict) -> str:
         value = source.get(key)
         return "n/a" if value is None else f"{value:.3f}"
 
-    metrics = ", ".join(f"{m} {fmt('eval/' + m, s.metrics)} (mean_shift {fmt('ref/mean_shift/' + m, s.reference)})"
-                        for m in ("pearson_delta", "energy_ratio", "direction_cos", "magnitude_ratio",
-                                  "temporal_coherence"))
+    shown = [m for m in ALL_METRICS if f"eval/{m}" in s.metrics]
+    refs = [r for r in ("mean_shift", "truth") if f"ref/{r}/energy_ratio" in s.reference]
+    metrics = ", ".join(f"{m} {fmt('eval/' + m, s.metrics)} ("
+                        + ", ".join(f"{r} {fmt(f'ref/{r}/{m}', s.reference)}" for r in refs) + ")" for m in shown)
     model = f" Registered as models:/stx-{s.variant}/{s.model_version}." if s.model_version else ""
     ui = "stx ui" if s.tracking_uri.startswith("sqlite") else f"the MLflow UI at {mask_secrets(s.tracking_uri)}"
     if s.held:
@@ -238,39 +240,32 @@ def sweep(variant: str, n_trials: int, config_path: Path | None, overrides: tupl
 
 @cli.command("compare")
 @click.option("--experiment", metavar="NAME", help="Only runs of this MLflow experiment.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True,
-              help="Folder for tables and figures.")
-@click.option("--baseline", default="baseline", show_default=True, help="Variant the others are compared with.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for tables and figures (default results/<experiment>-<runs>).")
 @click.option("--runs", type=click.Choice(["registry", "all"]), default="registry", show_default=True,
               help="registry: the champion (else newest) version of each stx-* model; all: every finished run.")
 @click.option("--allow-mixed", is_flag=True, help="Compare runs trained on different data sets.")
-@click.option("--projection", type=click.Choice(["umap", "pca"]), default="umap", show_default=True,
-              help="2-D map of the prediction grid.")
+@click.option("--projection", type=click.Choice(["auto", "umap", "pca"]), default="auto", show_default=True,
+              help="2-D map of the cell figures (auto: PCA for embeddings of <= 100 dims, else UMAP).")
 @_tracking_option
-def compare_command(experiment: str | None, out: Path, baseline: str, runs: str, allow_mixed: bool,
+def compare_command(experiment: str | None, out: Path | None, runs: str, allow_mixed: bool,
                     projection: str, tracking_uri: str | None) -> None:
-    """Variant-versus-baseline tables and figures from the MLflow registry (or all runs)."""
+    """Variant-versus-reference tables and figures from the MLflow registry (or all runs)."""
     from stx.compare.report import compare
     from stx.tracking.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    result = compare(uri, out, experiment=experiment, baseline=baseline, runs=runs, allow_mixed=allow_mixed,
-                     projection=projection)
+    result = compare(uri, out, experiment=experiment, runs=runs, allow_mixed=allow_mixed, projection=projection)
     click.echo(_compare_paragraph(result, uri))
 
 
 def _compare_paragraph(result, uri: str) -> str:  # noqa: ANN001
-    from stx.compare.tables import MEAN_SHIFT
     from stx.tracking.store import mask_secrets
 
-    table = result.table
-    learned = table[~table["variant"].isin(["baseline", MEAN_SHIFT])]
-    lines = []
-    for _, row in learned.iterrows():
-        beats = [m for m in ("pearson_delta", "energy_ratio", "direction_cos") if row[f"beats_{MEAN_SHIFT}_{m}"]]
-        lines.append(f"{row['variant']} beats mean_shift on {', '.join(beats) or 'nothing'}")
-    return (f"Compared {result.n_runs} runs in {result.seconds:.1f} s: {'; '.join(lines) or 'no learned variant'}. "
-            f"Tables and figures in {result.out_dir}/ (comparison.md first)"
+    lines = "\n".join(f"  {line}" for line in result.summary) or "  no learned variant"
+    return (f"Compared {result.n_runs} runs in {result.seconds:.1f} s (95% bootstrap intervals over test groups and "
+            f"seeds; a verdict only where the interval excludes 0):\n{lines}\nTables and figures in "
+            f"{result.out_dir}/ (comparison.md first)"
             + (f"; also logged as run {result.run_id} in {mask_secrets(uri)}." if result.run_id else "."))
 
 
@@ -385,29 +380,74 @@ def data() -> None:
 
 
 @data.command("demo")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the .h5ad.")
-@click.option("--cells", type=click.IntRange(min=100), default=6000, show_default=True,
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the .h5ad.")
+@click.option("--cells", type=click.IntRange(min=100), default=8000, show_default=True,
               help="Number of cells (60000 for benchmarks).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of cells, mice and noise (the gene programs are fixed).")
-def data_demo(out: Path, cells: int, seed: int) -> None:
-    """Write the synthetic burn/sham wound-healing data set (with its ground truth)."""
+@click.option("--world", default="burn", show_default=True, metavar="NAME",
+              help="burn (the study's design), velocity-aligned or velocity-misleading (see --describe).")
+@click.option("--describe", is_flag=True,
+              help="Measure and print each world's properties (with --world: that world only; runs scVelo).")
+def data_demo(out: Path | None, cells: int, seed: int, world: str, describe: bool) -> None:
+    """Write the synthetic burn/sham wound-healing data set of a world (with its ground truth)."""
     import time
 
     from stx.data.builtin import write_demo
+    from stx.data.demo import WORLDS
 
+    if world not in WORLDS:
+        raise StxError(f"--world {world}: unknown world; worlds: {', '.join(WORLDS)}")
+    if describe:
+        chosen = click.get_current_context().get_parameter_source("world") != click.core.ParameterSource.DEFAULT
+        worlds = [world] if chosen or out is not None else list(WORLDS)
+        _describe_worlds(worlds, cells, seed)
+        if out is None:
+            return
+    if out is None:
+        raise StxError("--out FILE.h5ad is required (or --describe)")
     if out.suffix != ".h5ad":
         raise StxError(f"{out}: the output file must end in .h5ad")
     start = time.perf_counter()
-    write_demo(out, n_cells=cells, seed=seed)
+    write_demo(out, n_cells=cells, seed=seed, world=world)
     click.echo(
-        f"Wrote {out} ({cells} cells, seed {seed}) in {time.perf_counter() - start:.1f} s: "
+        f"Wrote {out} (world {world}, {cells} cells, seed {seed}) in {time.perf_counter() - start:.1f} s: "
         f"conditions Sham/Burn in obs['condition'], cell types in obs['cell_types_simple_short'], "
         f"mice in obs['mouse_id'], days in obs['day'], embedding in obsm['X_state'], "
-        f"spliced/unspliced layers for scVelo, ground truth in uns['truth'] and "
+        f"spliced/unspliced layers for scVelo, ground truth in uns['truth'] (group means), "
+        f"obsm['truth_response'] (each cell's counterfactual Burn-minus-Sham response) and "
         f"obsm['truth_velocity']. Check it with: stx data validate --set datasets.demo={out}"
     )
+
+
+def _describe_worlds(worlds: list[str], cells: int, seed: int) -> None:
+    import anndata as ad
+    from rich.console import Console
+    from rich.table import Table
+
+    from stx.data.builtin import builtin_dataset
+    from stx.data.demo import WORLDS
+    from stx.data.demo_report import describe_world
+    from stx.data.velocity import prepare_velocity
+
+    grid = Table("world", "cells", "along share", "cos(true v)", "cos(scVelo v)", "within-group share",
+                 "noise ratio", "|response|", box=None)
+    for name in worlds:
+        path = builtin_dataset(f"demo?world={name}&cells={cells}&seed={seed}")
+        report = prepare_velocity(path, "X_state", None, projection="linear", loadings_key="state_loadings")
+        p = describe_world(ad.read_h5ad(path), ad.read_h5ad(report.out).obsm[report.key])
+        grid.add_row(name, str(p.n_cells), f"{p.along_share:.2f}", f"{p.cos_true_velocity:+.2f}",
+                     f"{p.cos_scvelo_velocity:+.2f}", f"{p.within_share:.2f}", f"{p.noise_ratio:.2f}",
+                     f"{p.response_norm:.2f}")
+    console = Console()
+    console.print(grid)
+    for name in worlds:
+        console.print(f"{name}: {WORLDS[name].summary}", highlight=False)
+    console.print("along share: share of the Burn response's energy along each Sham cell's true velocity; "
+                  "cos: mean per-cell cosine of the response with the true / scVelo-estimated velocity; "
+                  "within-group share: share of the response that differs from cell to cell within a (cell type, "
+                  "day) group; noise ratio: that per-cell spread over cell noise (counting noise and mouse "
+                  "effects). Use a world in a config as builtin:demo?world=NAME.", highlight=False)
 
 
 @data.command("validate")
@@ -418,16 +458,35 @@ def data_validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from stx.config import load_config
+    from stx.data.covariates import check_covariates, plan_covariates
     from stx.data.load import load_cells
-    from stx.data.split import make_split
-    from stx.data.summary import counts_table, headline
+    from stx.data.split import TRAIN, make_split
+    from stx.data.summary import batch_confounding, counts_table, headline
+    from stx.evaluate.design import make_design
+    from stx.evaluate.pipeline import check_design
 
     cfg = load_config(config_path, overrides)
     table = load_cells(cfg)
     split = make_split(table, cfg)
+    plan = plan_covariates(table, cfg)
+    check_covariates(table, plan, split.mask(TRAIN), ~split.mask(TRAIN))
+    design = make_design(table, split, cfg.data.split_seed, split.heldout)
+    check_design(design, table, cfg.data.min_group_cells)
     console = Console()
     for line in headline(table, split):
         console.print(line, highlight=False)
+    if plan.names:
+        console.print(f"model inputs besides the control cells: {', '.join(plan.names)}", highlight=False)
+    for task in design.tasks:
+        size = min(len(task.fed), len(task.reference), len(task.real))
+        if size < cfg.data.min_group_cells:
+            label = table.spec.group_label(*table.group_name(task.group))
+            console.print(f"small test group ({label}): {len(task.fed)} + {len(task.reference)} control cells "
+                          f"(fed / reference halves), {len(task.real)} {table.spec.perts[task.pert]} cells: below "
+                          f"data.min_group_cells = {cfg.data.min_group_cells}, left out of the headline means",
+                          style="yellow", highlight=False)
+    if warning := batch_confounding(table, cfg.data.batch_col):
+        console.print(f"note: {warning}", style="yellow", highlight=False)
     counts = counts_table(table, split)
     grid = Table(*[*counts.index.names, *[f"{s} {c}" for s, c in counts.columns]], box=None)
     for index, row in counts.iterrows():

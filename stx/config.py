@@ -49,9 +49,21 @@ class DataConfig(_Section):
     embed_key: str = Field("X_state_2000", description='obsm key of the cell embeddings, or "X"')
     pert_col: str = Field("condition", description="obs column with the perturbation label")
     control_pert: str = Field("Sham", description="label of the control condition in pert_col")
-    cell_type_key: str = Field("cell_types_simple_short", description="obs column of cell types")
+    cell_type_key: str | None = Field(
+        "cell_types_simple_short", description='obs column of cell types; "" = all cells are one type')
     batch_col: str | None = Field("mouse_id", description="obs column of the batch (mouse)")
     time_col: str | None = Field(None, description="obs column of the time point; optional")
+    control_time: str | None = Field(
+        None, description="time point whose control cells serve every time point of their cell type (a time "
+                          "course with controls only at baseline); the model sees the target time")
+    covariates: tuple[str, ...] = Field(
+        (), description='extra categorical obs columns fed to the model as learned embeddings, e.g. ["sex"]')
+    heldout_groups: tuple[str, ...] = Field(
+        (), description='groups whose perturbed cells are never trained on, only tested: "Fib:14" (cell type:time) '
+                        'or "Fib" (every time point)')
+    min_group_cells: PositiveInt = Field(
+        10, description="test groups with fewer control cells per half or perturbed cells are flagged and left out "
+                        "of the headline means")
     split: Literal["auto", "batch", "cell"] = Field(
         "auto", description="auto: by batch when every stratum has >= 3 batches, else by cell"
     )
@@ -59,7 +71,16 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.25, gt=0, lt=0.5, description="share for the held-out test")
     split_seed: NonNegativeInt = Field(0, description="seed of the train/val/test split")
 
-    _none_if_empty = field_validator("batch_col", "time_col", mode="before")(_empty_to_none)
+    _none_if_empty = field_validator("batch_col", "time_col", "cell_type_key", "control_time",
+                                     mode="before")(_empty_to_none)
+
+    @field_validator("control_time", mode="before")
+    @classmethod
+    def _time_as_text(cls, value: object) -> object:
+        # `--set data.control_time=0` arrives as a number; time labels are compared as text ("14.0" -> "14")
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value) if isinstance(value, int | float) else value
 
     @model_validator(mode="after")
     def _fractions_leave_training_cells(self) -> DataConfig:
@@ -80,6 +101,8 @@ class LoraConfig(_Section):
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         min_length=1, description="backbone modules that get adapters (attention and MLP)",
     )
+    train_head: bool = Field(
+        True, description="also train the output head (project_out) and the backbone's final norm")
 
 
 class MhcConfig(_Section):
@@ -107,7 +130,8 @@ class VelocityConfig(_Section):
     mu: float = Field(0.01, ge=0, description="weight of the magnitude term")
     warmup_steps: NonNegativeInt = Field(1000, description="lambda ramps linearly from 0")
     min_confidence: float = Field(0.3, ge=0, le=1, description="exclude less confident cells")
-    reduce: Literal["cell", "set"] = Field("cell", description="align per cell or per set mean")
+    reduce: Literal["cell", "set"] = Field(
+        "set", description="align the set's mean shift (set) or each cell's shift (cell) with the velocity")
     velocity_key: str = Field("velocity_state_2000", description="obsm key of per-cell velocity")
     source: Literal["control", "perturbed"] = Field(
         "control", description="whose velocity the predicted shift aligns with"
@@ -117,6 +141,11 @@ class VelocityConfig(_Section):
     )
     loadings_key: str | None = Field(None, description="varm key of a linear embedding's loadings")
     force_magnitude: bool = Field(False, description="keep the magnitude term for uncalibrated velocity")
+    unseen_groups: bool = Field(
+        True, description="also apply the term to control sets of groups with no perturbed training cells "
+                          "(data.heldout_groups): the prior is all the model has there")
+    grad_ratio_every: PositiveInt = Field(
+        50, description="every N steps, log train/velocity_grad_ratio (|grad velocity| / |grad energy|)")
 
     _none_if_empty = field_validator("loadings_key", mode="before")(_empty_to_none)
 
@@ -128,6 +157,10 @@ class ModelConfig(_Section):
     output_relu: Literal["auto"] | bool = Field(
         "auto", description="ReLU on predictions: auto = as the checkpoint was trained (arc-state: on)"
     )
+    cell_skip: bool = Field(True, description="a learned gate (closed at start) that lets the model predict a "
+                                              "change to each input cell instead of regenerating it")
+    time_input: bool = Field(True, description="feed the time point (data.time_col) to the model as a learned "
+                                               "embedding (zero at start: the pretrained function is unchanged)")
     lora: LoraConfig = LoraConfig()
     mhc: MhcConfig = MhcConfig()
     velocity: VelocityConfig = VelocityConfig()
@@ -147,7 +180,7 @@ class TrainerConfig(_Section):
     lr: PositiveFloat = Field(5e-5, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     lr_warmup_steps: NonNegativeInt = Field(100, description="linear warmup, then cosine decay")
-    grad_clip: PositiveFloat = Field(1.0, description="clip the global gradient norm to this")
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = no clipping)")
     batch_size: PositiveInt = Field(8, description="cell sets per step")
     cell_set_len: PositiveInt = Field(64, description="cells per set")
     devices: PositiveInt = Field(1, description="processes (GPUs, or CPU processes with gloo)")
@@ -166,7 +199,8 @@ class TrackingConfig(_Section):
     """MLflow names (the tracking URI comes from the CLI or MLFLOW_TRACKING_URI)."""
 
     experiment: str | None = Field(None, description="default: the config file's folder name")
-    projection: Literal["umap", "pca"] = Field("umap", description="2-D map in plots/umap.png")
+    projection: Literal["auto", "umap", "pca"] = Field(
+        "auto", description="2-D map of cells in the plots: auto = PCA for embeddings of <= 100 dims, else UMAP")
     register_model: bool = Field(True, description="register the model as stx-<variant>")
     output_dir: str = Field("stx_outputs", description="local run folders (checkpoints), from cwd")
     outage_grace_s: float = Field(120.0, ge=0, description="after training, how long to wait for an unreachable "

@@ -15,3 +15,7 @@ class ConfigError(StxError):
 
 class DataError(StxError):
     """An input `.h5ad` file does not have the layout the config describes."""
+
+
+class TrainingDiverged(StxError):
+    """The loss became NaN or infinite: training stops and the run ends FAILED with the step."""

@@ -16,9 +16,12 @@ import torch
 
 from stx import __version__
 from stx.config import Config, flatten, to_toml
+from stx.data.covariates import CovariatePlan, check_covariates, plan_covariates
 from stx.data.load import CellTable, file_sha256, load_cells
-from stx.data.split import TEST, Split, make_split
+from stx.data.split import TEST, TRAIN, VAL, Split, make_split
 from stx.errors import StxError
+from stx.evaluate.design import TestDesign, make_design
+from stx.evaluate.predict import Predictions
 from stx.tracking.buffer import MetricBuffer
 from stx.tracking.outbox import FILENAME as OUTBOX
 from stx.tracking.outbox import Outbox
@@ -68,23 +71,42 @@ def _data_digest(table: CellTable) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def build_model(cfg: Config, variant: Variant, table: CellTable) -> torch.nn.Module:
-    """Pretrained checkpoint -> new vocabularies -> fine-tuning modules -> freezing."""
+def build_model(cfg: Config, variant: Variant, table: CellTable, plan: CovariatePlan) -> torch.nn.Module:
+    """Pretrained checkpoint -> new vocabularies and covariate inputs -> fine-tuning modules -> freezing."""
     from stx.model.adapt import adapt_to_data
     from stx.model.checkpoint import load_pretrained
     from stx.model.lora import apply_lora, freeze_for_finetuning
     from stx.model.mhc import apply_mhc
+    from stx.model.st import StateTransition
 
     relu = None if cfg.model.output_relu == "auto" else bool(cfg.model.output_relu)
-    model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu)
+    model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu,
+                          covariates=plan.spec, cell_skip=cfg.model.cell_skip)
+    if variant.scratch:  # the same architecture from a random start, every weight trained
+        model = StateTransition(model.spec)
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.endswith("embed_tokens.weight"))
+        return model
     if variant.mhc:  # wrap before LoRA: peft's suffix matching still finds q_proj inside `block`
         apply_mhc(model.transformer_backbone, cfg.model.mhc)
     if variant.lora:
         apply_lora(model, cfg.model.lora)
-        freeze_for_finetuning(model)
+        freeze_for_finetuning(model, cfg.model.lora.train_head)
     else:
         model.requires_grad_(False)
     return model
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """Everything a run builds before training: data, split, test design, inputs, model, losses."""
+
+    table: CellTable
+    split: Split
+    design: TestDesign
+    plan: CovariatePlan
+    model: torch.nn.Module
+    aux: tuple
 
 
 def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment: str | None = None,
@@ -98,25 +120,26 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
 
     variant = resolve_variant(variant_name)
     start = time.perf_counter()
-    table, split, model, aux = _prepare(cfg, variant)
+    prep = _prepare(cfg, variant)
 
     if _is_worker():
-        _train(cfg, model, table, split, Path(os.environ[RUN_DIR_ENV]), devices, None, False, True, aux)
+        _train(cfg, prep, Path(os.environ[RUN_DIR_ENV]), devices, None, False, True)
         return None
 
     from stx.model.st import count_parameters
     from stx.tracking.run import tracked_run
 
-    trainable, total = count_parameters(model)
+    trainable, total = count_parameters(prep.model)
     experiment = experiment or cfg.experiment_name()
     run_name = f"{variant.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    table = prep.table
     tags = {
         "stx.variant": variant.name,
         "stx.version": __version__,
         "stx.dataset": ",".join(f.name for f in table.files),
         "stx.data_sha256": _data_digest(table),
         "stx.config": cfg.source,
-        "stx.split": split.mode,
+        "stx.split": prep.split.mode,
     }
     where = Path(cfg.source).parent if not cfg.source.startswith("<") else Path.cwd()
     if commit := _git_commit(where):
@@ -135,8 +158,7 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
         run.log_artifact(out_dir / "config" / "resolved.toml", "config")
         run.set_tags({"stx.output_dir": str(out_dir)})
         run.log_metrics({"trainable_fraction": trainable / total})
-        metrics, reference, version = _execute(cfg, variant, model, table, split, run, out_dir, devices, progress,
-                                               aux, callbacks, start)
+        metrics, reference, version = _execute(cfg, variant, prep, run, out_dir, devices, progress, callbacks, start)
         artifact_uri = run.artifact_uri()
     return RunSummary(run.run_id, run_name, experiment, tracking_uri, artifact_uri, metrics, reference,
                       version, variant.name, time.perf_counter() - start, _held(run))
@@ -146,17 +168,28 @@ def _held(run) -> str | None:  # noqa: ANN001
     return str(run.outbox.path) if run.pending else None
 
 
-def _prepare(cfg: Config, variant: Variant) -> tuple[CellTable, Split, torch.nn.Module, tuple]:
-    """Seed, then data, split, model and loss terms: identical for a fresh and a resumed run."""
+def _prepare(cfg: Config, variant: Variant) -> Prepared:
+    """Seed, then data, split, test design, inputs, model and loss terms: identical for a fresh
+    and a resumed run, and every data error surfaces here, before training."""
     import lightning as L
+
+    from stx.evaluate.pipeline import check_design
+    from stx.train.fit import check_memory
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     table = load_cells(cfg, velocity=variant.velocity)
     split = make_split(table, cfg)
-    return table, split, build_model(cfg, variant, table), velocity_terms(cfg, variant, table)
+    plan = plan_covariates(table, cfg)
+    check_covariates(table, plan, split.mask(TRAIN), split.mask(VAL) | split.mask(TEST))
+    design = make_design(table, split, cfg.data.split_seed, split.heldout)
+    check_design(design, table, cfg.data.min_group_cells)
+    model = build_model(cfg, variant, table, plan)
+    backbone = model.transformer_backbone.config
+    check_memory(cfg.trainer, backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads)
+    return Prepared(table, split, design, plan, model, velocity_terms(cfg, variant, table))
 
 
-def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress, aux, callbacks, start,  # noqa: ANN001
+def _execute(cfg, variant, prep: Prepared, run, out_dir, devices, progress, callbacks, start,  # noqa: ANN001
              resume_from: Path | None = None, skip_logged: dict[str, int] | None = None):
     """Train, evaluate, log artifacts and register, inside an open run."""
     os.environ[RUN_DIR_ENV] = str(out_dir)
@@ -165,17 +198,29 @@ def _execute(cfg, variant, model, table, split, run, out_dir, devices, progress,
         def sink(rows):  # noqa: ANN001
             run.send_rows([r for r in rows if r[2] > skip_logged.get(r[0], -1)])
     buffer = MetricBuffer(sink=sink, background=True)
+    baseline = _baseline_predictions(cfg, variant, prep)
     try:
-        fit_result = _train(cfg, model, table, split, out_dir, devices, buffer, progress, variant.train, aux,
-                            callbacks, resume_from)
+        fit_result = _train(cfg, prep, out_dir, devices, buffer, progress, variant.train, callbacks, resume_from)
     except BaseException:  # keep what the failed run did log; do not keep a user waiting after Ctrl-C
         _settle_metrics(buffer, run, min(cfg.tracking.outage_grace_s, 10.0))
         raise
     _settle_metrics(buffer, run, cfg.tracking.outage_grace_s)
-    metrics, reference = _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result,
-                                           start)
-    version = _register(cfg, variant, model, table, run, out_dir) if cfg.tracking.register_model else None
+    metrics, reference = _evaluate_and_log(cfg, variant, prep, run, out_dir, buffer, fit_result, start, baseline)
+    version = _register(cfg, variant, prep, run, out_dir) if cfg.tracking.register_model else None
     return metrics, reference, version
+
+
+def _baseline_predictions(cfg: Config, variant: Variant, prep: Prepared) -> Predictions:
+    """The pretrained model's test predictions (the `baseline` reference of every run), made
+    before training: LoRA, covariate inputs and mHC all start as the identity, so the model
+    is still the pretrained function; a scratch model is not, so it gets its own copy."""
+    from stx.evaluate.pipeline import device
+    from stx.evaluate.predict import predict_tasks
+    from stx.variants import VARIANTS
+
+    model = build_model(cfg, VARIANTS["baseline"], prep.table, prep.plan) if variant.scratch else prep.model
+    return predict_tasks(model.to(device()), prep.table, prep.design.tasks, cfg.trainer.cell_set_len, prep.plan,
+                         device())
 
 
 def _settle_metrics(buffer: MetricBuffer, run, grace_s: float) -> None:  # noqa: ANN001
@@ -212,15 +257,15 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
         local = client.download_artifacts(run.info.run_id, "config/resolved.toml", tmp)
         cfg = load_config(local)
     start = time.perf_counter()
-    table, split, model, aux = _prepare(cfg, variant)
+    prep = _prepare(cfg, variant)
     logged = {key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=-1)
               for key in run.data.metrics}
     name = client.get_experiment(run.info.experiment_id).name
     log.info("resuming %s (%s) from %s", run.info.run_id, variant.name, ckpt)
     with tracked_run(tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run.info.run_id) as handle:
         handle.outbox = Outbox(out_dir / OUTBOX, handle.run_id)
-        metrics, reference, version = _execute(cfg, variant, model, table, split, handle, out_dir, devices, True,
-                                               aux, (), start, resume_from=ckpt, skip_logged=logged)
+        metrics, reference, version = _execute(cfg, variant, prep, handle, out_dir, devices, True, (), start,
+                                               resume_from=ckpt, skip_logged=logged)
         artifact_uri = handle.artifact_uri()
     return RunSummary(run.info.run_id, run.info.run_name, name, tracking_uri, artifact_uri, metrics, reference,
                       version, variant.name, time.perf_counter() - start, _held(handle))
@@ -261,59 +306,59 @@ def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
         log.warning("the velocity comes from scVelo's transition-matrix projection (unit displacements), so its "
                     "magnitude is not calibrated: the magnitude term (model.velocity.mu = %g) is off; set "
                     "model.velocity.force_magnitude = true to keep it", vcfg.mu)
-    return (velocity_term(vcfg, use_magnitude),)
+    if vcfg.warmup_steps >= cfg.trainer.max_steps:
+        log.warning("model.velocity.warmup_steps (%d) >= trainer.max_steps (%d): the velocity term never reaches "
+                    "model.velocity.lambda (it ends at %.0f%% of it)", vcfg.warmup_steps, cfg.trainer.max_steps,
+                    100 * cfg.trainer.max_steps / max(vcfg.warmup_steps, 1))
+    return (velocity_term(vcfg, use_magnitude, table.spec.control_index),)
 
 
-def _train(cfg: Config, model: torch.nn.Module, table: CellTable, split: Split, out_dir: Path,
-           devices: int | None, buffer: MetricBuffer | None, progress: bool, train: bool = True,
-           aux: tuple = (), callbacks: tuple = (), resume_from: Path | None = None):
+def _train(cfg: Config, prep: Prepared, out_dir: Path, devices: int | None, buffer: MetricBuffer | None,
+           progress: bool, train: bool = True, callbacks: tuple = (), resume_from: Path | None = None):
     from stx.tracking.buffer import MetricBuffer
-    from stx.train.fit import fit, make_loaders
+    from stx.train.fit import SetSource, fit, make_loaders
     from stx.train.module import STSystem
 
-    system = STSystem(model, cfg.trainer, buffer or MetricBuffer(), aux=aux)
+    system = STSystem(prep.model, cfg.trainer, buffer or MetricBuffer(), aux=prep.aux)
+    vcfg = cfg.model.velocity
+    source = SetSource(vcfg.source, prep.plan, unseen_tasks=bool(prep.aux) and vcfg.unseen_groups)
     if not train:
-        _, val_loader = make_loaders(table, split, cfg.trainer, cfg.model.velocity.source)
+        _, val_loader = make_loaders(prep.table, prep.split, cfg.trainer, source)
         if val_loader is not None:
-            with torch.no_grad():
-                losses = [system.shared_step(b)[0] for b in val_loader]
-            system.buffer.add("val/loss", torch.stack(losses).mean(), 0)
+            loss, energy = system.validate_now(list(val_loader))
+            system.record_validation(loss, energy, 0)
             system.buffer.flush()
         return None
     from stx.model.mhc import mhc_layers
     from stx.train.callbacks import MHCMonitor
 
-    layers = mhc_layers(model)
+    layers = mhc_layers(prep.model)
     extra = (MHCMonitor(system.buffer, layers, cfg.trainer.log_every_n_steps),) if layers else ()
     extra = (*extra, *callbacks)
-    return fit(system, table, split, cfg.trainer, out_dir, devices=devices, progress=progress,
-               extra_callbacks=extra, velocity_source=cfg.model.velocity.source, resume_from=resume_from)
+    return fit(system, prep.table, prep.split, cfg.trainer, out_dir, devices=devices, progress=progress,
+               extra_callbacks=extra, source=source, resume_from=resume_from)
 
 
-def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, fit_result, start):  # noqa: ANN001
+def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_result, start,  # noqa: ANN001
+                      baseline: Predictions) -> tuple[dict[str, float], dict[str, float]]:
     from stx.data.builtin import write_h5ad_atomic
-    from stx.evaluate.plots import plot_curves, plot_real_vs_predicted
-    from stx.evaluate.predict import predict_split
-    from stx.evaluate.report import evaluate, mean_shift_predictions, predictions_anndata, summarize
+    from stx.evaluate.pipeline import cell_figure, evaluate_run
+    from stx.evaluate.plots import plot_curves
+    from stx.evaluate.report import predictions_anndata
     from stx.train.stability import stability_summary
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device)
-    preds = predict_split(model, table, split.mask(TEST), cfg.trainer.cell_set_len, device)
-    if preds.n == 0:
-        raise StxError("the test split has no group with both control and perturbed cells; "
-                       "lower data.test_fraction or use data.split = 'cell'")
-    by_group = evaluate(table, split, preds)
-    metrics = summarize(by_group)
-    reference = summarize(evaluate(table, split, mean_shift_predictions(table, split)), prefix="ref/mean_shift/")
-    summary = {**metrics, **reference}
-    summary.update(stability_summary(buffer.values("grad_norm/global"), buffer.values("train/loss")))
+    table, split = prep.table, prep.split
+    result = evaluate_run(prep.model, table, split, prep.design, prep.plan, cfg, baseline)
+    summary = {**result.metrics, **result.reference}
+    summary.update(stability_summary(buffer.values("grad_norm/global"), buffer.values("train/loss"),
+                                     cfg.trainer.grad_clip))
     if fit_result is not None:
         summary["train/wall_time_s"] = fit_result.wall_time_s
         if np.isfinite(fit_result.best_val):
             summary["val/best_loss"] = fit_result.best_val
     summary["run/wall_time_s"] = time.perf_counter() - start
-    run.log_metrics(summary, step=fit_result.steps if fit_result else 0)
+    # at step 0: the MLflow UI draws step-0 metrics as bars per run and per group
+    run.log_metrics(summary, step=0)
 
     data_dir = out_dir / "data"
     data_dir.mkdir(exist_ok=True)
@@ -322,17 +367,19 @@ def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, f
 
     eval_dir = out_dir / "eval"
     eval_dir.mkdir(exist_ok=True)
-    by_group.to_csv(eval_dir / "metrics_by_group.csv", index=False)
+    result.by_group.to_csv(eval_dir / "metrics_by_group.csv", index=False)
     run.log_artifact(eval_dir / "metrics_by_group.csv", "eval")
     pred_dir = out_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
-    write_h5ad_atomic(predictions_anndata(table, preds, cfg.data), pred_dir / "predictions.h5ad")
+    provenance = {"run_id": run.run_id, "variant": variant.name, "stx_version": __version__}
+    write_h5ad_atomic(predictions_anndata(table, result.predictions, cfg.data, provenance),
+                      pred_dir / "predictions.h5ad")
     run.log_artifact(pred_dir / "predictions.h5ad", "predictions")
 
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     if fit_result is None:  # baseline: the adapted pretrained weights are the checkpoint
-        torch.save({"state_dict": model.state_dict(), "stx_variant": variant.name}, ckpt_dir / "last.ckpt")
+        torch.save({"state_dict": prep.model.state_dict(), "stx_variant": variant.name}, ckpt_dir / "last.ckpt")
     for name in ("last.ckpt", "best.ckpt"):
         if (ckpt_dir / name).exists():
             run.log_artifact(ckpt_dir / name, "checkpoints")
@@ -340,32 +387,28 @@ def _evaluate_and_log(cfg, variant, model, table, split, run, out_dir, buffer, f
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     history = buffer.history
-    plot_curves(history, ["train/loss", "val/loss"], plots / "loss.png", f"{variant.name}: loss")
+    plot_curves(history, ["train/loss", "val/loss", "val/energy_loss"], plots / "loss.png",
+                f"{variant.name}: loss on training and validation sets")
+    clip = cfg.trainer.grad_clip
     plot_curves(history, ["grad_norm/global"], plots / "grad_norm.png",
-                f"{variant.name}: global gradient norm (before clipping)", log_y=True)
-    test = split.mask(TEST)
-    ctrl = test & (table.pert == table.spec.control_index)
-    real = test & (table.pert != table.spec.control_index)
-    types = np.asarray(table.spec.cell_types)
-    plot_real_vs_predicted(
-        table.emb[ctrl], table.emb[real], preds.emb,
-        (types[table.cell_type[ctrl]], types[table.cell_type[real]], types[table.cell_type[preds.source]]),
-        (table.spec.control, "/".join(p for p in table.spec.perts if p != table.spec.control)),
-        plots / "umap.png", method=cfg.tracking.projection, seed=cfg.trainer.seed)
+                f"{variant.name}: global gradient norm (before clipping)", log_y=True,
+                hline=(clip, f"clipping threshold {clip:g}") if clip else None)
+    cell_figure(table, prep.design, result.predictions, cfg, plots)
     run.log_artifact(plots, "plots")
-    return metrics, reference
+    return result.metrics, result.reference
 
 
-def _register(cfg, variant, model, table, run, out_dir) -> str | None:  # noqa: ANN001
+def _register(cfg, variant, prep: Prepared, run, out_dir) -> str | None:  # noqa: ANN001
     from stx.model.lora import merge_lora
     from stx.model.package import save_package
 
-    model = merge_lora(model.cpu().eval())
+    model = merge_lora(prep.model.cpu().eval())
     meta = {
         "variant": variant.name, "cell_set_len": cfg.trainer.cell_set_len,
         "embed_key": cfg.data.embed_key, "pert_col": cfg.data.pert_col,
         "control_pert": cfg.data.control_pert, "cell_type_key": cfg.data.cell_type_key,
         "batch_col": cfg.data.batch_col, "time_col": cfg.data.time_col, "stx_version": __version__,
+        "covariate_columns": list(prep.plan.names), "time_input": prep.plan.time,
         "mhc": cfg.model.mhc.model_dump() if variant.mhc else None,
     }
     package = save_package(model, meta, out_dir / "model_package")

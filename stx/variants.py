@@ -17,6 +17,7 @@ class Variant:
     mhc: bool
     velocity: bool
     summary: str
+    scratch: bool = False  # random initialisation of the checkpoint's architecture, every weight trained
 
 
 VARIANTS: dict[str, Variant] = {
@@ -27,8 +28,12 @@ VARIANTS: dict[str, Variant] = {
         Variant("lora-mhc", True, True, True, False, "LoRA + manifold-constrained hyper-connections"),
         Variant("lora-velocity", True, True, False, True, "LoRA + RNA-velocity alignment loss"),
         Variant("lora-mhc-velocity", True, True, True, True, "LoRA + mHC + velocity alignment"),
+        Variant("scratch", True, False, False, False, "the checkpoint's architecture from a random start, fully "
+                "trained: what the pretrained weights are worth", scratch=True),
     )
 }
+# `stx run --variant all`: the five variants of the study (scratch is a reference, run on request)
+STUDY_VARIANTS = ("baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity")
 
 ALIASES: dict[str, str] = {
     "velocity": "lora-velocity",

@@ -35,6 +35,7 @@ demo = "{path}"
 [data]
 embed_key = "X_state"
 time_col = "day"
+min_group_cells = 3
 {extra}
 """
 

@@ -37,6 +37,25 @@ def inputs(tmp_path_factory, demo_path, demo_adata):
     save("no_layers.h5ad", b)
     (root / "junk.h5ad").write_text("not hdf5")
     (root / "cut.h5ad").write_bytes(demo_path.read_bytes()[:5000])
+    b = a.copy()
+    b.obs["sex"] = np.where(np.arange(b.n_obs) % 2 == 0, "F", "M")
+    b.obs["batchless"] = b.obs["sex"].astype(object)
+    b.obs.iloc[5, b.obs.columns.get_loc("batchless")] = None
+    save("sex.h5ad", b)
+    # a covariate value that only the held-out (test) mice have
+    from stx.config import load_config
+    from stx.data.load import load_cells
+    from stx.data.split import TEST, make_split
+
+    probe = root / "probe.toml"
+    probe.write_text(f'[datasets]\nd = "{root / "sex.h5ad"}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\nmin_group_cells = 3\n')
+    cfg = load_config(probe)
+    table = load_cells(cfg)
+    test = make_split(table, cfg).mask(TEST)
+    b = b.copy()
+    b.obs["sex"] = np.where(test, "X", b.obs["sex"].to_numpy())
+    save("sex_unseen.h5ad", b)
+    probe.unlink()
     bad_ckpt = root / "ckpt"
     shutil.copytree(checkpoint_dir("stx-mini"), bad_ckpt)
     (bad_ckpt / "pert_onehot_map.pt").unlink()
@@ -45,7 +64,7 @@ def inputs(tmp_path_factory, demo_path, demo_adata):
 
 def _config(root, data="good.h5ad", extra=""):
     path = root / f"c-{abs(hash((data, extra)))}.toml"
-    path.write_text(f'[datasets]\nd = "{root / data}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n{extra}')
+    path.write_text(f'[datasets]\nd = "{root / data}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\nmin_group_cells = 3\n{extra}')
     return str(path)
 
 
@@ -77,6 +96,13 @@ CASES = [
     ("predict with an unknown model", lambda r: ["predict", "--model", "models:/stx-nothing/1", "--data", str(r / "good.h5ad"), "--out", str(r / "p.h5ad")], "cannot load it"),
     ("velocity on a file without layers", lambda r: ["velocity", "--data", str(r / "no_layers.h5ad"), "--basis", "X_state", "--out", str(r / "v.h5ad")], "no layers['spliced']"),
     ("resume a run that does not exist", lambda r: ["run", "--resume", "f" * 32], "no such run"),
+    ("covariate column missing", lambda r: ["run", "--variant", "lora", "--config", _config(r, "sex.h5ad"), "--set", 'data.covariates=["gender"]'], "obs column 'gender' not found (data.covariates)"),
+    ("covariate with missing values", lambda r: ["run", "--variant", "lora", "--config", _config(r, "sex.h5ad"), "--set", 'data.covariates=["batchless"]'], "obs column 'batchless' (data.covariates) has 1 missing values"),
+    ("covariate value never in training", lambda r: ["run", "--variant", "lora", "--config", _config(r, "sex_unseen.h5ad"), "--set", 'data.covariates=["sex"]'], "data.covariates values X of obs column 'sex' occur only in held-out cells"),
+    ("test split too small for the control split", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.min_group_cells=500"], "raise data.test_fraction"),
+    ("held-out group not in the data", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", 'data.heldout_groups=["Fibro:14"]'], "data.heldout_groups: cell type 'Fibro'"),
+    ("control time not a time point", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.control_time=0"], 'data.control_time = "0" is not a time point'),
+    ("unknown demo world", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", 'datasets.d="builtin:demo?world=nope"'], "unknown world 'nope'"),
 ]
 
 
@@ -111,4 +137,4 @@ def test_bad_input(inputs, tmp_path, monkeypatch, name, args, message):
 
 
 def test_catalogue_is_large_enough():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 32

@@ -17,14 +17,15 @@ FAST = ["--set", "trainer.max_steps=12", "--set", "trainer.val_every_n_steps=6",
         "--set", "trainer.cell_set_len=16", "--set", "tracking.projection=pca", "--set", "trainer.log_every_n_steps=5",
         "--set", "trainer.checkpoint_every_n_steps=6"]
 ARTIFACTS = ["config/resolved.toml", "checkpoints/last.ckpt", "predictions/predictions.h5ad",
-             "eval/metrics_by_group.csv", "plots/loss.png", "plots/grad_norm.png", "plots/umap.png", "data/split.csv"]
+             "eval/metrics_by_group.csv", "plots/loss.png", "plots/grad_norm.png", "plots/cells_pca.png",
+             "data/split.csv"]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, demo_path):
     path = tmp_path_factory.mktemp("work")
     config = path / "config.toml"
-    config.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n'
+    config.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\nmin_group_cells = 3\n'
                       '[model.velocity]\nvelocity_key = "velocity_state"\n')
     return path
 
@@ -74,13 +75,20 @@ def test_lora_run_is_tracked_completely(lora_run, workdir):
     for key in ("train/loss", "train/energy_loss", "val/loss", "lr", "grad_norm/global", "step_time_s",
                 "grad_norm/median", "grad_norm/max", "grad_norm/cv", "grad_norm/spikes", "loss/spikes",
                 "trainable_fraction", "eval/pearson_delta", "eval/energy_ratio", "eval/direction_cos",
-                "eval/magnitude_ratio", "eval/temporal_coherence", "ref/mean_shift/pearson_delta"):
+                "eval/magnitude_ratio", "eval/temporal_coherence", "eval/cell_r2", "val/energy_loss",
+                "ref/mean_shift/pearson_delta", "ref/baseline/energy_ratio", "ref/perturbed_mean/energy_ratio",
+                "ref/truth/energy_ratio", "ref/truth/cell_r2", "grad_norm/clipped_frac"):
         assert key in metrics, key
-    assert 0 < metrics["trainable_fraction"] < 0.2
+    assert 0 < metrics["trainable_fraction"] < 0.3
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == list(range(12))
-    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [6, 12]
+    # held-out metrics and summaries at step 0: the MLflow UI draws them as bars
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/energy_ratio")] == [0]
     assert set(ARTIFACTS) <= set(_artifacts(client, run.info.run_id))
+    groups = pd_read(client.download_artifacts(run.info.run_id, "eval/metrics_by_group.csv", str(workdir)))
+    assert set(groups["predictor"]) == {"model", "baseline", "mean_shift", "perturbed_mean", "truth"}
+    assert {"n_fed", "n_reference", "n_real", "small", "heldout", "cell_r2_matched"} <= set(groups.columns)
 
 
 def test_predictions_artifact_layout(lora_run, workdir, demo_adata):
@@ -108,6 +116,7 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     emb = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
     frame = pd.DataFrame(emb)
     frame["condition"] = "Burn"
+    frame["day"] = "14"  # the time point is one of the model's inputs
     out = model.predict(frame)
     assert out.shape == (20, 64) and np.isfinite(out.to_numpy()).all()
 
@@ -160,6 +169,30 @@ def test_user_errors_leave_no_run(workdir, monkeypatch):
                   "--set", "model.lora.target_modules=[\"qkv\"]", "--experiment", "bad")
     assert result.exit_code == 2 and "model.lora.target_modules: qkv not in the backbone" in result.output
     assert _store(workdir).get_experiment_by_name("bad") is None
+
+
+def test_a_short_run_still_validates_at_its_last_step_and_warns_about_schedules(workdir, monkeypatch):
+    result = _run(workdir, monkeypatch, "--variant", "velocity", "--set", "trainer.max_steps=7",
+                  "--set", "trainer.val_every_n_steps=5", "--set", "tracking.register_model=false",
+                  "--set", "model.velocity.grad_ratio_every=3", "--experiment", "short")
+    assert result.exit_code == 0, result.output
+    assert "model.velocity.warmup_steps (1000) >= trainer.max_steps (7)" in result.output
+    assert "trainer.lr_warmup_steps (100) >= trainer.max_steps (7)" in result.output
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name("short").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [5, 7]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/energy_loss")] == [5, 7]
+    ratio = client.get_metric_history(run.info.run_id, "train/velocity_grad_ratio")
+    assert [m.step for m in ratio] == [0, 3, 6] and ratio[0].value == 0.0 and ratio[-1].value > 0
+
+
+def test_time_with_one_value_is_dropped_with_a_warning(workdir, monkeypatch, demo_adata, tmp_path):
+    one_day = tmp_path / "day10.h5ad"
+    demo_adata[(demo_adata.obs["day"] == 10).to_numpy()].copy().write_h5ad(one_day)
+    result = _run(workdir, monkeypatch, "--variant", "lora", "--set", f'datasets.demo="{one_day}"',
+                  "--set", "trainer.max_steps=3", "--set", "tracking.register_model=false", "--experiment", "oneday")
+    assert result.exit_code == 0, result.output
+    assert "data.time_col 'day' has one value (10): the time input is dropped" in " ".join(result.output.split())
 
 
 def test_ddp_two_cpu_processes_log_once(workdir, demo_path):
@@ -265,6 +298,7 @@ def test_lora_mhc_logs_mhc_metrics_and_registers_a_loadable_model(workdir, monke
     mlflow.set_registry_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     frame = pd.DataFrame(np.zeros((5, 64), np.float32))
     frame["condition"] = "Burn"
+    frame["day"] = 19
     assert mlflow.pyfunc.load_model(version).predict(frame).shape == (5, 64)
 
 
@@ -287,8 +321,9 @@ def test_velocity_variants_log_the_velocity_metrics(workdir, monkeypatch, varian
         assert "mhc/gain" in run.data.metrics
 
 
-COMPARE_FILES = ["comparison.csv", "comparison.md", "metrics_by_group.csv", "loss_curves.png", "grad_norm_curves.png",
-                 "metric_bars.png", "direction_cos_heatmap.png", "umap_grid.png", "trajectories.png"]
+COMPARE_FILES = ["comparison.csv", "comparison.md", "differences.csv", "metrics_by_group.csv", "loss_curves.png",
+                 "grad_norm_curves.png", "metric_bars.png", "energy_ratio_heatmap.png", "cells_pca.png",
+                 "trajectories.png"]
 
 
 def test_run_all_variants_then_compare(workdir, monkeypatch):
@@ -298,11 +333,25 @@ def test_run_all_variants_then_compare(workdir, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.count("finished in") == 10
     assert "Compared 10 runs" in result.output
+    out = workdir / "results" / "all-variants-all"
     for name in COMPARE_FILES:
-        assert (workdir / "results" / name).is_file(), name
-    table = pd_read(workdir / "results" / "comparison.csv")
-    assert list(table["variant"]) == ["baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity", "mean_shift"]
-    assert (table.loc[table.variant != "mean_shift", "ci_over"] == "seeds").all()
+        assert (out / name).is_file(), name
+    table = pd_read(out / "comparison.csv")
+    assert list(table["row"]) == ["baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity",
+                                  "mean_shift", "perturbed_mean", "truth"]
+    assert (table.loc[table.kind == "variant", "n_runs"] == 2).all()
+    # every row, references included, has an interval of the same kind
+    assert (table["energy_ratio_low"] < table["energy_ratio_high"]).all()
+    diffs = pd_read(out / "differences.csv")
+    assert {("lora-velocity", "lora"), ("lora", "mean_shift"), ("lora-mhc", "baseline")} <= \
+        set(zip(diffs["row"], diffs["versus"], strict=True))
+    # the console names a verdict only where the interval supports it
+    for line in result.output.splitlines():
+        if line.strip().startswith("lora:") and "better on" in line:
+            claimed = line.split("better on ")[1].split(";")[0].split(" |")[0].split(", ")
+            for metric in claimed:
+                row = diffs[(diffs.row == "lora") & (diffs.metric == metric)]
+                assert (row["verdict"] == "better").any(), (metric, line)
     client = _store(workdir)
     compare_runs = client.search_runs([client.get_experiment_by_name("all-variants").experiment_id],
                                       "tags.`stx.kind` = 'compare'")
@@ -323,9 +372,9 @@ def test_compare_from_the_registry(lora_run, workdir, monkeypatch):
     result = CliRunner().invoke(cli, ["compare", "--out", str(workdir / "reg"), "--projection", "pca"])
     assert result.exit_code == 0, result.output
     table = pd_read(workdir / "reg" / "comparison.csv")
-    assert {"lora", "mean_shift"} <= set(table["variant"])
+    assert {"lora", "mean_shift", "truth", "perturbed_mean"} <= set(table["row"])
     text = (workdir / "reg" / "comparison.md").read_text()
-    assert "## At a glance" in text and "| lora |" in text
+    assert "## Versus the references and lora" in text and "| lora |" in text and "(1 seed)" in text
 
 
 def test_compare_errors(lora_run, tmp_path, monkeypatch, workdir, demo_adata):

@@ -1,11 +1,12 @@
 import pytest
 
 from stx.errors import StxError
-from stx.variants import VARIANTS, resolve_variant, variant_choices
+from stx.variants import STUDY_VARIANTS, VARIANTS, resolve_variant, variant_choices
 
 
 def test_five_variants_and_their_modules():
-    assert list(VARIANTS) == ["baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity"]
+    assert list(STUDY_VARIANTS) == ["baseline", "lora", "lora-mhc", "lora-velocity", "lora-mhc-velocity"]
+    assert set(VARIANTS) == {*STUDY_VARIANTS, "scratch"} and resolve_variant("scratch").scratch
     assert not resolve_variant("baseline").train
     v = resolve_variant("lora-mhc-velocity")
     assert v.lora and v.mhc and v.velocity

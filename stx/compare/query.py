@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from stx.errors import StxError
 
 PAGE = 1000
-FLOAT_PARAMS = ("trainer.lr", "model.velocity.lambda", "model.velocity.mu")
+FLOAT_PARAMS = ("trainer.lr", "trainer.grad_clip", "model.velocity.lambda", "model.velocity.mu")
 INT_PARAMS = ("model.lora.r", "trainer.max_steps", "trainer.seed", "n_trainable_params", "n_total_params")
 
 
@@ -27,6 +27,7 @@ class RunRecord:
     tags: dict[str, str]
     artifact_uri: str
     model_version: str | None = None
+    start_time: int = 0
 
 
 def cast_params(params: dict[str, str]) -> dict[str, object]:
@@ -47,7 +48,7 @@ def _record(run, version: str | None = None) -> RunRecord:  # noqa: ANN001 - mlf
         run_id=run.info.run_id, variant=tags.get("stx.variant", "?"), experiment_id=run.info.experiment_id,
         data_sha256=tags.get("stx.data_sha256", ""), metrics=dict(run.data.metrics),
         params=cast_params(run.data.params), tags=dict(tags), artifact_uri=run.info.artifact_uri,
-        model_version=version,
+        model_version=version, start_time=int(run.info.start_time or 0),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ import pandas as pd
 
 from stx.compare import figures
 from stx.compare.query import RunRecord, check_same_data, experiment_runs, registry_runs
-from stx.compare.tables import comparison_table, to_markdown
+from stx.compare.tables import Row, build_rows, comparison_table, differences, summary_lines, to_markdown
 from stx.errors import StxError
 
 log = logging.getLogger(__name__)
 
-HISTORY_KEYS = ("train/loss", "val/loss", "grad_norm/global")
+HISTORY_KEYS = ("train/energy_loss", "val/energy_loss", "grad_norm/global")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class CompareResult:
 
     out_dir: Path
     table: pd.DataFrame
+    differences: pd.DataFrame
+    summary: list[str]
     run_id: str | None
     n_runs: int
     seconds: float
@@ -71,68 +74,85 @@ def gather(client, experiment: str | None, runs: str, allow_mixed: bool) -> list
     return records
 
 
-def compare(tracking_uri: str, out_dir: Path, experiment: str | None = None, baseline: str = "baseline",
-            runs: str = "registry", allow_mixed: bool = False, projection: str = "umap",
-            log_run: bool = True) -> CompareResult:
+def default_out(experiment: str | None, runs: str) -> Path:
+    """`results/<experiment>-<mode>`: a registry compare never overwrites an all-runs one."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment or "all-experiments")
+    return Path("results") / f"{name}-{runs}"
+
+
+def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | None = None, runs: str = "registry",
+            allow_mixed: bool = False, projection: str = "auto", log_run: bool = True) -> CompareResult:
     """Build the comparison of the selected runs into `out_dir` (and a compare run in MLflow)."""
     from stx.tracking.run import connect
 
     start = time.perf_counter()
     client = connect(tracking_uri)
     records = gather(client, experiment, runs, allow_mixed)
+    out_dir = out_dir or default_out(experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
-        # per-group tables only for the runs shown (one per variant): reading stays O(variants)
-        shown = _one_per_variant(records)
-        by_group = {r.run_id: pd.read_csv(_download(r, "eval/metrics_by_group.csv", tmp_dir / r.run_id))
-                    for r in shown.values()}
-        table = comparison_table(records, by_group, baseline)
+        by_run = {r.run_id: pd.read_csv(_download(r, "eval/metrics_by_group.csv", tmp_dir / r.run_id))
+                  for r in records}
+        rows = build_rows(records, by_run)
+        table, diffs = comparison_table(rows), differences(rows)
+        held_table = comparison_table(rows, heldout=True)
+        held_diffs = differences(rows, heldout=True)
         table.to_csv(out_dir / "comparison.csv", index=False)
+        diffs.to_csv(out_dir / "differences.csv", index=False)
+        source = "the registry (champion, else newest version of each model)" if runs == "registry" \
+            else "every finished run of the experiment"
         (out_dir / "comparison.md").write_text(
-            f"# stx comparison ({datetime.now():%Y-%m-%d %H:%M})\n\n{len(records)} runs from "
-            f"{'the registry (champion, else newest version)' if runs == 'registry' else 'the experiment'}; "
-            f"held-out test cells only.\n\n" + to_markdown(table, baseline))
-        groups = pd.concat([f.assign(variant=next(r.variant for r in records if r.run_id == rid), run_id=rid)
-                            for rid, f in by_group.items()], ignore_index=True)
-        groups.to_csv(out_dir / "metrics_by_group.csv", index=False)
-        _figures(client, shown, by_group, table, tmp_dir, out_dir, projection)
+            f"# stx comparison ({datetime.now():%Y-%m-%d %H:%M})\n\n{len(records)} runs from {source}; held-out "
+            f"test cells only; rows are variants (seeds pooled) and reference predictors scored on the same test "
+            f"design. Intervals: 95% percentile bootstrap over test groups and seeds, the same for every row.\n\n"
+            + to_markdown(table, diffs, held_table, held_diffs))
+        pd.concat([r.groups.assign(row=r.name) for r in rows], ignore_index=True).to_csv(
+            out_dir / "metrics_by_group.csv", index=False)
+        _figures(client, rows, table, tmp_dir, out_dir, projection)
     run_id = _log_compare_run(client, records, out_dir, experiment) if log_run else None
-    return CompareResult(out_dir, table, run_id, len(records), time.perf_counter() - start)
+    return CompareResult(out_dir, table, diffs, summary_lines(table, diffs), run_id, len(records),
+                         time.perf_counter() - start)
 
 
-def _one_per_variant(records: list[RunRecord]) -> dict[str, RunRecord]:
-    shown: dict[str, RunRecord] = {}
-    for record in records:
-        shown.setdefault(record.variant, record)
-    return shown
+def newest_run(row: Row) -> RunRecord | None:
+    """The row's most recent run (the one drawn in curves and cell figures)."""
+    return max(row.runs, key=lambda r: r.start_time, default=None) if row.kind == "variant" else None
 
 
-def _figures(client, shown: dict[str, RunRecord], by_group: dict[str, pd.DataFrame], table: pd.DataFrame,  # noqa: ANN001
-             tmp: Path, out: Path, projection: str) -> None:
-    histories = {v: {k: [(m.step, m.value) for m in client.get_metric_history(r.run_id, k)] for k in HISTORY_KEYS}
-                 for v, r in shown.items()}
-    figures.curves(histories, ["train/loss", "val/loss"], out / "loss_curves.png", "loss, all variants")
+def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path, projection: str) -> None:  # noqa: ANN001
+    shown = {row.name: run for row in rows if (run := newest_run(row)) is not None}
+    histories = {name: {k: [(m.step, m.value) for m in client.get_metric_history(r.run_id, k)] for k in HISTORY_KEYS}
+                 for name, r in shown.items()}
+    note = "newest run of each variant"
+    figures.curves(histories, ["train/energy_loss", "val/energy_loss"], out / "loss_curves.png",
+                   f"energy loss ({note}; dashed: validation)")
+    clips = {float(r.params.get("trainer.grad_clip", 0) or 0) for r in shown.values()}
+    clip = clips.pop() if len(clips) == 1 else 0.0
     figures.curves(histories, ["grad_norm/global"], out / "grad_norm_curves.png",
-                   "global gradient norm (before clipping)", log_y=True)
+                   f"global gradient norm before clipping ({note})", log_y=True,
+                   hline=(clip, f"clipping threshold {clip:g}") if clip else None)
     figures.metric_bars(table, out / "metric_bars.png")
-    figures.group_heatmaps({v: by_group[r.run_id] for v, r in shown.items()}, "direction_cos",
-                           out / "direction_cos_heatmap.png")
-    try:
-        real_control, real_perturbed, real_shift, predicted, shifts = _cells(shown, tmp)
-    except StxError as err:
-        log.warning("cell-level figures skipped: %s", err)
+    figures.group_heatmaps({r.name: r.groups for r in rows}, "energy_ratio", out / "energy_ratio_heatmap.png")
+    if not shown:
         return
-    figures.prediction_grid(real_control, real_perturbed, predicted, out / "umap_grid.png", method=projection)
+    try:
+        control, perturbed, real_shift, predicted, shifts, method = _cells(shown, tmp, projection)
+    except StxError as err:
+        log.warning("cell-level figures not drawn: %s", err)
+        return
+    figures.prediction_grid(control, perturbed, predicted, out / f"cells_{method}.png", method=method)
     figures.trajectories(shifts, real_shift, out / "trajectories.png")
 
 
-def _cells(shown: dict[str, RunRecord], tmp: Path):
-    """Real test cells (from the runs' own config and split) and each variant's predictions."""
+def _cells(shown: dict[str, RunRecord], tmp: Path, projection: str):
+    """Real test cells (from the runs' own config and split) and each row's predictions and shifts:
+    predicted = mean(P) - mean(fed controls), real = mean(R) - mean(the other test controls)."""
     import anndata as ad
 
     from stx.config import load_config
     from stx.data.load import load_cells
+    from stx.evaluate.pipeline import projection_for
 
     first = next(iter(shown.values()))
     if len({r.data_sha256 for r in shown.values()}) > 1:
@@ -145,32 +165,39 @@ def _cells(shown: dict[str, RunRecord], tmp: Path):
     perturbed = test & ~control
     index = {name: i for i, name in enumerate(table.obs_names)}
     key = table.spec.embed_key
-    real_shift = {}
     groups = table.group
+    predicted, shifts, fed = {}, {}, np.zeros(table.n_cells, bool)
+    for name, record in shown.items():
+        pred = ad.read_h5ad(_download(record, "predictions/predictions.h5ad", tmp / record.run_id))
+        emb = np.asarray(pred.X if key == "X" else pred.obsm[key])
+        rows = np.array([index[s] for s in pred.obs["source_cell"].astype(str)])
+        fed[rows] = True
+        predicted[name] = emb
+        target = groups[rows]
+        if cfg.data.time_col and cfg.data.time_col in pred.obs:  # the time predicted for (data.control_time)
+            day = {d: i for i, d in enumerate(table.spec.days)}
+            target = table.cell_type[rows] * len(table.spec.days) + np.array(
+                [day[str(d)] for d in pred.obs[cfg.data.time_col].astype(str)])
+        shifts[name] = {table.group_name(int(g)): emb[target == g].mean(0) - table.emb[rows[target == g]].mean(0)
+                        for g in np.unique(target)}
+    reference = control & ~fed
+    real_shift = {}
     for g in np.unique(groups[test]):
-        c, r = control & (groups == g), perturbed & (groups == g)
+        c, r = reference & (groups == table.control_group(int(g))), perturbed & (groups == g)
         if c.any() and r.any():
             real_shift[table.group_name(int(g))] = table.emb[r].mean(0) - table.emb[c].mean(0)
-    predicted, shifts = {}, {}
-    for variant, record in shown.items():
-        pred = ad.read_h5ad(_download(record, "predictions/predictions.h5ad", tmp / record.run_id))
-        emb = pred.X if key == "X" else pred.obsm[key]
-        predicted[variant] = np.asarray(emb)
-        rows = np.array([index[s] for s in pred.obs["source_cell"].astype(str)])
-        shifts[variant] = {}
-        for g in np.unique(groups[rows]):
-            sel = groups[rows] == g
-            c = control & (groups == g)
-            if c.any():
-                shifts[variant][table.group_name(int(g))] = np.asarray(emb)[sel].mean(0) - table.emb[c].mean(0)
-    return table.emb[control], table.emb[perturbed], real_shift, predicted, shifts
+    method = projection_for(projection, table.spec.embed_dim)
+    return table.emb[control], table.emb[perturbed], real_shift, predicted, shifts, method
 
 
 def _log_compare_run(client, records: list[RunRecord], out_dir: Path, experiment: str | None) -> str:  # noqa: ANN001
     from stx.tracking.run import ensure_experiment
 
-    name = experiment or "stx-compare"
-    exp_id = records[0].experiment_id if experiment else ensure_experiment(client, name, client.tracking_uri)
+    experiments = {r.experiment_id for r in records}
+    if experiment or len(experiments) == 1:  # the compare run lands beside the runs it compares
+        exp_id = experiments.pop() if len(experiments) == 1 else records[0].experiment_id
+    else:
+        exp_id = ensure_experiment(client, "stx-compare", client.tracking_uri)
     compared = ",".join(r.run_id for r in records)[:5000]
     run = client.create_run(exp_id, run_name=f"compare-{datetime.now():%Y%m%d-%H%M%S}",
                             tags={"stx.kind": "compare", "stx.compared_runs": compared})

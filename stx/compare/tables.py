@@ -1,125 +1,257 @@
-"""Variant-versus-baseline tables: means with 95% CIs, differences from the reference rows,
-training dynamics, and which targets of the original study are met."""
+"""Variant-versus-reference tables: every row (learned variants and the reference predictors
+baseline, mean_shift, perturbed_mean, truth) with the same kind of interval, paired
+differences with verdicts, the study's targets, and training dynamics."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from stx.compare.query import RunRecord, finite
-from stx.evaluate.metrics import METRICS, TARGETS, meets_target
+from stx.compare.stats import NO_CLEAR, Estimate, bootstrap, score, verdict
+from stx.evaluate.metrics import ALL_METRICS, METRICS, TARGETS, meets_target
 from stx.variants import VARIANTS
 
+REFERENCES = ("baseline", "mean_shift", "perturbed_mean", "truth")
 MEAN_SHIFT = "mean_shift"
+KEY = ["perturbation", "cell_type", "day"]
 DYNAMICS = {
-    "final_val_loss": "val/loss", "best_val_loss": "val/best_loss", "grad_norm_cv": "grad_norm/cv",
-    "grad_norm_spikes": "grad_norm/spikes", "loss_spikes": "loss/spikes", "step_time_s": "step_time_s",
-    "trainable_fraction": "trainable_fraction", "wall_time_s": "run/wall_time_s",
+    "final_val_energy_loss": "val/energy_loss", "final_val_loss": "val/loss", "best_val_loss": "val/best_loss",
+    "grad_norm_cv": "grad_norm/cv", "grad_norm_spikes": "grad_norm/spikes", "loss_spikes": "loss/spikes",
+    "clipped_frac": "grad_norm/clipped_frac", "step_time_s": "step_time_s", "trainable_fraction": "trainable_fraction",
+    "steps": "trainer.max_steps", "wall_time_s": "run/wall_time_s",
 }
 
 
-def mean_ci(values: list[float] | np.ndarray) -> tuple[float, float, float]:
-    """Mean and a 95% t-interval (the interval is NaN for fewer than two values)."""
-    from scipy import stats
+@dataclass(frozen=True)
+class Row:
+    """One row of the comparison: a variant's runs, or a reference predictor.
 
-    x = np.asarray([v for v in values if finite(float(v))], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    `groups` holds per-group metrics with a `seed` column (one seed for a reference)."""
 
+    name: str
+    kind: str  # "variant" or "reference"
+    groups: pd.DataFrame
+    runs: tuple[RunRecord, ...] = field(default=())
 
-def better(metric: str, a: float, b: float) -> bool:
-    """Whether value a beats value b on a metric (energy lower, magnitude closer to 1, else higher)."""
-    if not (finite(a) and finite(b)):
-        return False
-    if metric == "energy_ratio":
-        return a < b
-    if metric == "magnitude_ratio":
-        return abs(a - 1) < abs(b - 1)
-    return a > b
-
-
-def _order(variant: str) -> tuple[int, str]:
-    names = list(VARIANTS)
-    return (names.index(variant), variant) if variant in names else (len(names), variant)
+    def matrix(self, metric: str, heldout: bool = False) -> pd.DataFrame:
+        """[seed, group] values of a metric over the usable groups (not small)."""
+        frame = self.groups
+        if metric not in frame:
+            return pd.DataFrame()
+        keep = ~frame["small"].astype(bool) if "small" in frame else pd.Series(True, index=frame.index)
+        keep &= frame["heldout"].astype(bool) == heldout if "heldout" in frame else (not heldout)
+        sub = frame[keep]
+        if sub.empty:
+            return pd.DataFrame()
+        return sub.pivot_table(index="seed", columns=KEY, values=metric, aggfunc="mean", dropna=False)
 
 
-def comparison_table(records: list[RunRecord], by_group: dict[str, pd.DataFrame],
-                     baseline: str = "baseline") -> pd.DataFrame:
-    """One row per variant plus the mean_shift reference; CIs across seeds when a variant has
-    several runs, else across (cell type, day) groups."""
-    rows = []
+def _order(name: str) -> tuple[int, str]:
+    names = [*REFERENCES[:1], *(v for v in VARIANTS if v != "baseline"), *REFERENCES[1:]]
+    return (names.index(name), name) if name in names else (len(names), name)
+
+
+def _seed(record: RunRecord) -> int:
+    return int(record.params.get("trainer.seed", 0) or 0)
+
+
+def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> list[Row]:
+    """Rows from runs and their `metrics_by_group.csv`: one per variant (its seeds pooled),
+    one per reference predictor (taken from the runs, which share the test design)."""
+    rows: list[Row] = []
     variants = sorted({r.variant for r in records}, key=_order)
     for variant in variants:
-        runs = [r for r in records if r.variant == variant]
-        row: dict[str, object] = {"variant": variant, "n_runs": len(runs),
-                                  "ci_over": "seeds" if len(runs) > 1 else "groups"}
-        for metric in METRICS:
-            if len(runs) > 1:
-                values = [r.metrics.get(f"eval/{metric}", math.nan) for r in runs]
-            else:
-                frame = by_group.get(runs[0].run_id)
-                values = frame[metric].astype(float).tolist() if frame is not None and metric in frame else \
-                    [runs[0].metrics.get(f"eval/{metric}", math.nan)]
-            row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = mean_ci(values)
+        runs = tuple(r for r in records if r.variant == variant)
+        frames = []
+        for record in runs:
+            frame = by_run.get(record.run_id)
+            if frame is None:
+                continue
+            own = frame[frame["predictor"] == "model"] if "predictor" in frame else frame
+            frames.append(own.assign(seed=_seed(record)))
+        if frames:
+            rows.append(Row(variant, "variant", pd.concat(frames, ignore_index=True), runs))
+    present = {row.name for row in rows}
+    for name in REFERENCES:
+        if name in present:  # a baseline run is the baseline reference itself
+            continue
+        for record in records:
+            frame = by_run.get(record.run_id)
+            if frame is not None and "predictor" in frame and (frame["predictor"] == name).any():
+                rows.append(Row(name, "reference", frame[frame["predictor"] == name].assign(seed=0), (record,)))
+                break
+    return sorted(rows, key=lambda r: _order(r.name))
+
+
+def estimate(row: Row, metric: str, heldout: bool = False) -> Estimate:
+    """The row's mean and interval for one metric."""
+    matrix = row.matrix(metric, heldout)
+    return bootstrap(matrix.to_numpy()) if not matrix.empty else bootstrap(np.zeros((0, 0)))
+
+
+def paired_difference(a: Row, b: Row, metric: str, heldout: bool = False) -> Estimate:
+    """score(a) - score(b) on shared groups, paired by seed where both rows have the seeds."""
+    ma, mb = a.matrix(metric, heldout), b.matrix(metric, heldout)
+    if ma.empty or mb.empty:
+        return bootstrap(np.zeros((0, 0)))
+    groups = ma.columns.intersection(mb.columns)
+    sa, sb = score(metric, ma[groups].to_numpy()), score(metric, mb[groups].to_numpy())
+    seeds = ma.index.intersection(mb.index)
+    if len(mb) == 1:  # a reference (or a single run): the same for every seed of a
+        diff = sa - sb
+    elif len(seeds):
+        diff = score(metric, ma.loc[seeds, groups].to_numpy()) - score(metric, mb.loc[seeds, groups].to_numpy())
+    else:  # no common seeds: compare the seed-averaged group values
+        diff = np.nanmean(sa, 0, keepdims=True) - np.nanmean(sb, 0, keepdims=True)
+    return bootstrap(diff)
+
+
+def comparison_table(rows: list[Row], heldout: bool = False) -> pd.DataFrame:
+    """One line per row: each metric's mean and 95% interval, runs and groups, targets met,
+    training dynamics (means over runs)."""
+    out = []
+    for row in rows:
+        line: dict[str, object] = {"row": row.name, "kind": row.kind, "n_runs": len(row.runs) if row.kind ==
+                                   "variant" else 0}
+        n_groups = 0
+        for metric in ALL_METRICS:
+            est = estimate(row, metric, heldout)
+            line[metric], line[f"{metric}_low"], line[f"{metric}_high"] = est.mean, est.low, est.high
+            n_groups = max(n_groups, est.n_groups)
+        line["n_groups"] = n_groups
+        line["targets_met"] = ", ".join(m for m in TARGETS if finite(line[m]) and meets_target(m, float(line[m]))) \
+            or "none"
         for name, key in DYNAMICS.items():
-            row[name] = mean_ci([r.metrics.get(key, math.nan) for r in runs])[0]
-        rows.append(row)
-    # the simple bar: the training split's mean shift, evaluated by every run on its own split
-    ref: dict[str, object] = {"variant": MEAN_SHIFT, "n_runs": len(records), "ci_over": "runs"}
-    for metric in METRICS:
-        values = [r.metrics.get(f"ref/mean_shift/{metric}", math.nan) for r in records]
-        ref[metric], ref[f"{metric}_ci_low"], ref[f"{metric}_ci_high"] = mean_ci(values)
-    rows.append(ref)
-    table = pd.DataFrame(rows)
-    for reference in (baseline, MEAN_SHIFT):
-        match = table[table["variant"] == reference]
-        for metric in METRICS:
-            base = float(match[metric].iloc[0]) if len(match) else math.nan
-            table[f"{metric}_vs_{reference}"] = table[metric].astype(float) - base
-            table[f"beats_{reference}_{metric}"] = [better(metric, float(v), base) for v in table[metric]]
-    table["targets_met"] = [
-        ", ".join(m for m in TARGETS if finite(float(row[m])) and meets_target(m, float(row[m]))) or "none"
-        for _, row in table.iterrows()
-    ]
-    return table
+            values = [r.metrics.get(key, r.params.get(key, math.nan)) for r in row.runs] if row.kind == "variant" \
+                else []
+            values = [float(v) for v in values if finite(_num(v))]
+            line[name] = float(np.mean(values)) if values else math.nan
+        out.append(line)
+    table = pd.DataFrame(out)
+    return table.dropna(axis=1, how="all") if not table.empty else table
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def differences(rows: list[Row], versus: tuple[str, ...] = ("mean_shift", "baseline"),
+                paired_with: str = "lora", heldout: bool = False) -> pd.DataFrame:
+    """Each learned variant against each reference in `versus`, and each lora-* variant
+    against `paired_with` (paired by seed and group): Δ score (positive = better), interval,
+    verdict."""
+    by_name = {row.name: row for row in rows}
+    learned = [r for r in rows if r.kind == "variant" and r.name != "baseline"]
+    pairs = [(v, by_name[o]) for v in learned for o in versus if o in by_name and o != v.name]
+    if paired_with in by_name:
+        pairs += [(v, by_name[paired_with]) for v in learned if v.name.startswith("lora-")]
+    out = []
+    for a, b in pairs:
+        for metric in ALL_METRICS:
+            diff = paired_difference(a, b, metric, heldout)
+            if diff.finite:
+                out.append({"row": a.name, "versus": b.name, "metric": metric, "delta": diff.mean, "low": diff.low,
+                            "high": diff.high, "seeds": diff.n_seeds, "verdict": verdict(diff)})
+    return pd.DataFrame(out, columns=["row", "versus", "metric", "delta", "low", "high", "seeds", "verdict"])
 
 
 def _fmt(value: object, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, float | int) and finite(float(value)) else "–"
+    return f"{value:.{digits}f}" if isinstance(value, float | int) and finite(float(value)) else "n/a"
 
 
-def to_markdown(table: pd.DataFrame, baseline: str = "baseline") -> str:
-    """Three tables for a reader: metrics with CIs, at a glance, training dynamics."""
-    lines = ["## Held-out metrics (mean [95% CI])", "",
-             "| variant | runs | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
-    for _, row in table.iterrows():
-        cells = []
-        for m in METRICS:
-            ci = f" [{_fmt(row[f'{m}_ci_low'])}, {_fmt(row[f'{m}_ci_high'])}]" if finite(row[f"{m}_ci_low"]) else ""
-            cells.append(_fmt(row[m]) + ci)
-        lines.append(f"| {row['variant']} | {row['n_runs']} ({row['ci_over']}) | " + " | ".join(cells) + " |")
-    targets = ", ".join(f"{m} {op} {t}" for m, (op, t) in TARGETS.items())
-    lines += ["", f"## At a glance (✓ = better than the reference; targets of the study: {targets})", "",
-              f"| variant | beats {baseline} | beats mean_shift | targets met |", "|---|---|---|---|"]
-    for _, row in table.iterrows():
-        if row["variant"] in (baseline, MEAN_SHIFT):
-            continue
-        cells = []
-        for reference in (baseline, MEAN_SHIFT):
-            won = [m for m in METRICS if row[f"beats_{reference}_{m}"]]
-            cells.append(f"{len(won)}/{len(METRICS)} ({', '.join(won) or 'none'})")
-        lines.append(f"| {row['variant']} | {cells[0]} | {cells[1]} | {row['targets_met']} |")
-    lines += ["", "## Training dynamics (mean over runs)", "",
-              "| variant | " + " | ".join(DYNAMICS) + " |", "|---|" + "---|" * len(DYNAMICS)]
-    for _, row in table.iterrows():
-        if row["variant"] == MEAN_SHIFT:
-            continue
-        lines.append(f"| {row['variant']} | " + " | ".join(_fmt(row[k], 4) for k in DYNAMICS) + " |")
+def _cell(line: pd.Series, metric: str) -> str:
+    if metric not in line or not finite(line[metric]):
+        return "n/a"
+    low, high = line.get(f"{metric}_low"), line.get(f"{metric}_high")
+    return _fmt(line[metric]) + (f" [{_fmt(low)}, {_fmt(high)}]" if finite(low) and finite(high) else "")
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The metrics that have at least one value, headline first."""
+    return [m for m in ALL_METRICS if m in table and table[m].apply(finite).any()]
+
+
+def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, heldout: pd.DataFrame | None = None,
+                heldout_diffs: pd.DataFrame | None = None) -> str:
+    """The tables a reader needs: metrics with intervals, verdicts against the references and
+    against lora, held-out groups, training dynamics."""
+    metrics = metric_columns(table)
+    lines = ["## Held-out metrics (mean [95% interval])", "",
+             "energy_ratio is the headline (0 = perfect, 1 = no better than the unchanged controls); "
+             "cell_* metrics compare each predicted cell with its own counterfactual (synthetic data only).", "",
+             "| row | runs | groups | " + " | ".join(metrics) + " | targets met |",
+             "|---|---|---|" + "---|" * (len(metrics) + 1)]
+    for _, line in table.iterrows():
+        runs = f"{line['n_runs']}" if line["kind"] == "variant" else "reference"
+        lines.append(f"| {line['row']} | {runs} | {line['n_groups']} | "
+                     + " | ".join(_cell(line, m) for m in metrics) + f" | {line['targets_met']} |")
+    lines += _diff_section(diffs, "Versus the references and lora")
+    if heldout is not None and not heldout.empty and metric_columns(heldout):
+        hm = metric_columns(heldout)
+        lines += ["", "## Held-out groups (data.heldout_groups: never trained on)", "",
+                  "| row | groups | " + " | ".join(hm) + " |", "|---|---|" + "---|" * len(hm)]
+        for _, line in heldout.iterrows():
+            lines.append(f"| {line['row']} | {line['n_groups']} | " + " | ".join(_cell(line, m) for m in hm) + " |")
+        if heldout_diffs is not None:
+            lines += _diff_section(heldout_diffs, "Held-out groups: versus the references and lora")
+    dyn = [k for k in DYNAMICS if k in table]
+    variants = table[table["kind"] == "variant"]
+    if dyn and not variants.empty:
+        lines += ["", "## Training dynamics (mean over runs)", "", "| row | " + " | ".join(dyn) + " |",
+                  "|---|" + "---|" * len(dyn)]
+        for _, line in variants.iterrows():
+            lines.append(f"| {line['row']} | " + " | ".join(_fmt(line[k], 4) for k in dyn) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _diff_section(diffs: pd.DataFrame, title: str) -> list[str]:
+    if diffs.empty:
+        return []
+    lines = ["", f"## {title}", "",
+             "Δ = how much better the row is (positive = better: energy_ratio and |magnitude_ratio - 1| are "
+             "negated), paired by group and seed, with its 95% interval; a verdict only where the interval "
+             f"excludes 0, else \"{NO_CLEAR}\". (1 seed): the interval covers the sampling of test groups but not "
+             "training randomness; run more seeds (stx run --variant all --seeds 3) before trusting a small "
+             "difference.", "",
+             "| row | versus | " + " | ".join(m for m in ALL_METRICS if m in set(diffs["metric"])) + " |"]
+    metrics = [m for m in ALL_METRICS if m in set(diffs["metric"])]
+    lines.append("|---|---|" + "---|" * len(metrics))
+    for (row, versus), sub in diffs.groupby(["row", "versus"], sort=False):
+        cells = []
+        for metric in metrics:
+            hit = sub[sub["metric"] == metric]
+            if hit.empty:
+                cells.append("n/a")
+                continue
+            d = hit.iloc[0]
+            one = " (1 seed)" if d["seeds"] < 2 else ""
+            cells.append(f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['verdict']}{one}")
+        lines.append(f"| {row} | {versus} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_lines(table: pd.DataFrame, diffs: pd.DataFrame) -> list[str]:
+    """Console lines: each learned variant's headline and its verdicts, never a win the
+    intervals do not support."""
+    lines = []
+    for _, line in table[(table["kind"] == "variant") & (table["row"] != "baseline")].iterrows():
+        head = f"{line['row']}: energy_ratio {_cell(line, 'energy_ratio')}"
+        verdicts = []
+        for versus, sub in diffs[diffs["row"] == line["row"]].groupby("versus", sort=False):
+            sub = sub[sub["metric"].isin(METRICS)]
+            won = [m for m, v in zip(sub["metric"], sub["verdict"], strict=True) if v == "better"]
+            lost = [m for m, v in zip(sub["metric"], sub["verdict"], strict=True) if v == "worse"]
+            even = [m for m, v in zip(sub["metric"], sub["verdict"], strict=True) if v == NO_CLEAR]
+            parts = [f"better on {', '.join(won)}" if won else "", f"worse on {', '.join(lost)}" if lost else "",
+                     f"{NO_CLEAR} on {', '.join(even)}" if even else ""]
+            one = " (1 seed)" if len(sub) and sub["seeds"].min() < 2 else ""
+            verdicts.append(f"vs {versus}{one}: " + "; ".join(p for p in parts if p))
+        lines.append(head + (" | " + " | ".join(verdicts) if verdicts else ""))
+    return lines

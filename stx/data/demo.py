@@ -1,4 +1,4 @@
-"""Synthetic burn-vs-sham wound-healing data with a known answer.
+"""Synthetic burn-vs-sham wound-healing data with a known answer, in several worlds.
 
 The generator follows the layout of the real study (conditions Sham/Burn, cell types in
 `cell_types_simple_short`, mice in `mouse_id`, days 10/14/19, embeddings in `obsm`) and
@@ -9,14 +9,18 @@ is built so that every number stx reports can be checked against the truth:
   so `spliced`/`unspliced` count layers carry a recoverable velocity.
 * The embedding is a fixed linear map of log-normalised spliced expression
   (`varm["state_loadings"]`), standing in for a State embedding.
-* Burn (1) pushes cells further along their trajectory and (2) induces two gene programs
-  whose balance moves smoothly from day 10 to day 19, differently per cell type; mice add
-  gene-wise batch effects. The true Burn shift per (cell type, day) and each cell's true
-  velocity in the embedding are stored in `uns["truth"]` and `obsm["truth_velocity"]`.
+* A *world* (`WORLDS`) says what Burn does: push cells along their trajectory (forward,
+  or backward against their velocity) and/or induce gene programs whose balance moves
+  from day 10 to day 19, differently per cell type. Mice add gene-wise batch effects.
+* Every cell is simulated twice, as Sham and as Burn, with the *same* counting noise
+  (coupled Poisson draws: the Burn counts add to, or thin, the Sham counts), so each cell
+  has an exact counterfactual. Its per-cell response (Burn minus Sham embedding) is in
+  `obsm["truth_response"]`, the group means in `uns["truth"]`, and each cell's true
+  velocity in the embedding in `obsm["truth_velocity"]`.
 
-A `SyntheticWorld` (genes, kinetics, programs, loadings) is fixed by its own seed, so
-data sets generated with other seeds (and the multi-drug pretraining set of stx-mini)
-live in the same embedding space.
+A `GeneSpace` (genes, kinetics, programs, loadings) is fixed by its own seed, so data
+sets of every world and seed (and the multi-drug pretraining set of stx-mini) live in the
+same embedding space.
 """
 
 from __future__ import annotations
@@ -38,8 +42,44 @@ BURN_PROPORTIONS = np.array([0.26, 0.20, 0.22, 0.10, 0.08, 0.14])  # wounds recr
 DAYS = (10, 14, 19)
 CONTROL, PERTURBED = "Sham", "Burn"
 EMBED_KEY = "X_state"
-WORLD_SEED = 20251124
+SPACE_SEED = 20251124
 T_MAX = 10.0
+T_LIMIT = T_MAX * 1.2  # how far a push can carry a cell along (or back along) its trajectory
+
+
+@dataclass(frozen=True)
+class World:
+    """What Burn does in one synthetic world, and how the cells are sampled."""
+
+    name: str
+    summary: str
+    push: float  # scale of the push along the trajectory (negative: backwards, against the velocity)
+    programs: float  # scale of the Burn gene programs (a response off the trajectory)
+    depth: float  # mean counts per cell: lower means more counting noise
+    latent: tuple[str, float, float]  # ("normal", mean, sd) or ("uniform", low, high), in units of T_MAX
+
+    def latent_time(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Each cell's position on its trajectory."""
+        kind, a, b = self.latent
+        t = rng.normal(a * T_MAX, b * T_MAX, n) if kind == "normal" else rng.uniform(a * T_MAX, b * T_MAX, n)
+        return np.clip(t, 0.0, T_MAX)
+
+
+WORLDS: dict[str, World] = {
+    w.name: w
+    for w in (
+        World("burn", "the study's design: a short push along the trajectory plus day-dependent gene programs; "
+              "the response is mostly off the trajectory (velocity-neutral)", push=1.0, programs=1.0,
+              depth=8000.0, latent=("normal", 0.5, 0.15)),
+        World("velocity-aligned", "Burn speeds cells along their own trajectory (no new program): the response "
+              "follows each cell's velocity and differs from cell to cell (positive control for velocity "
+              "alignment)", push=2.0, programs=0.0, depth=40000.0, latent=("uniform", 0.15, 0.9)),
+        World("velocity-misleading", "Burn pushes cells back along their trajectory: the response runs against "
+              "each cell's velocity (negative control: the velocity prior points the wrong way)", push=-2.0,
+              programs=0.0, depth=40000.0, latent=("uniform", 0.15, 0.9)),
+    )
+}
+DEFAULT_WORLD = "burn"
 
 
 def _kinetics(t: np.ndarray, t_switch: np.ndarray, alpha_on: np.ndarray, alpha_off: np.ndarray,
@@ -77,12 +117,12 @@ def program_weights(day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class SyntheticWorld:
+class GeneSpace:
     """Genes, kinetics, cell-type programs and the embedding map, fixed by `seed`."""
 
     n_genes: int = 256
     n_dims: int = 64
-    seed: int = WORLD_SEED
+    seed: int = SPACE_SEED
 
     @cached_property
     def params(self) -> dict[str, np.ndarray]:
@@ -134,14 +174,15 @@ class SyntheticWorld:
         """Noise-free embedding of cells (no counting noise, no batch effect)."""
         return self.embed(log_normalise(self.abundance(cell_type, t, log_alpha_shift)[1]))
 
-    def burn_effect(self, cell_type: np.ndarray, day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(time push [cells], log transcription-rate change [cells, genes]) of Burn."""
+    def burn_effect(self, cell_type: np.ndarray, day: np.ndarray,
+                    world: World = WORLDS[DEFAULT_WORLD]) -> tuple[np.ndarray, np.ndarray]:
+        """(time push [cells], log transcription-rate change [cells, genes]) of Burn in `world`."""
         p = self.params
         w_early, w_late = program_weights(day)
-        log_shift = p["program_scale"][cell_type][:, None] * (
+        log_shift = world.programs * p["program_scale"][cell_type][:, None] * (
             w_early[:, None] * p["programs"][0, cell_type] + w_late[:, None] * p["programs"][1, cell_type]
         )
-        return p["push"][cell_type] * time_push(day), log_shift
+        return world.push * p["push"][cell_type] * time_push(day), log_shift
 
 
 def log_normalise(counts: np.ndarray, target: float = 1e4) -> np.ndarray:
@@ -150,15 +191,30 @@ def log_normalise(counts: np.ndarray, target: float = 1e4) -> np.ndarray:
     return np.log1p(counts / total * target)
 
 
-def make_wound_healing(n_cells: int = 6000, seed: int = 0, n_mice_per_group: int = 5,
-                       world: SyntheticWorld | None = None) -> ad.AnnData:
-    """Generate the synthetic burn/sham data set as an AnnData (see the module docstring)."""
+def coupled_poisson(rng: np.random.Generator, lam0: np.ndarray, lam1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of Poisson(lam0) and Poisson(lam1) that share their noise.
+
+    Where lam1 >= lam0 the second adds Poisson(lam1 - lam0) to the first; where lam1 < lam0
+    it keeps each count of the first with probability lam1 / lam0 (thinning). Both marginals
+    are exact, and the difference between the two is as small as Poisson noise allows.
+    """
+    c0 = rng.poisson(lam0)
+    up = lam1 >= lam0
+    extra = rng.poisson(np.where(up, lam1 - lam0, 0.0))
+    kept = rng.binomial(c0, np.where(up, 1.0, lam1 / np.maximum(lam0, 1e-300)))
+    return c0.astype(np.float32), np.where(up, c0 + extra, kept).astype(np.float32)
+
+
+def make_wound_healing(n_cells: int = 6000, seed: int = 0, world: str | World = DEFAULT_WORLD,
+                       n_mice_per_group: int = 8, space: GeneSpace | None = None) -> ad.AnnData:
+    """Generate the synthetic burn/sham data set of `world` as an AnnData (module docstring)."""
     import anndata as ad
 
     if n_cells < 100:
         raise ValueError("n_cells must be at least 100")
-    world = world or SyntheticWorld()
-    p = world.params
+    world = WORLDS[world] if isinstance(world, str) else world
+    space = space or GeneSpace()
+    p = space.params
     rng = np.random.default_rng(seed)
 
     # mice are nested in (condition, day), as in a wound time course with one biopsy per mouse
@@ -172,22 +228,30 @@ def make_wound_healing(n_cells: int = 6000, seed: int = 0, n_mice_per_group: int
     props = np.where(burn[:, None], BURN_PROPORTIONS, SHAM_PROPORTIONS)
     cell_type = (rng.random(n_cells)[:, None] > np.cumsum(props, 1)).sum(1)
 
-    t = np.clip(rng.normal(0.5 * T_MAX, 0.15 * T_MAX, n_cells), 0.0, T_MAX)
-    push, log_shift = world.burn_effect(cell_type, day)
-    t_obs = np.where(burn, np.minimum(t + push, T_MAX * 1.2), t)
-    shift_obs = np.where(burn[:, None], log_shift, 0.0)
-    u, s = world.abundance(cell_type, t_obs, shift_obs)
+    # every cell as Sham (latent time t) and as Burn (pushed, programs on), same mouse and depth
+    t = world.latent_time(rng, n_cells)
+    push, log_shift = space.burn_effect(cell_type, day, world)
+    t_burn = np.clip(t + push, 0.0, T_LIMIT)
+    u_sham, s_sham = space.abundance(cell_type, t)
+    u_burn, s_burn = space.abundance(cell_type, t_burn, log_shift)
 
-    mouse_gene = np.exp(rng.normal(0.0, 0.04, (len(mice), world.n_genes)))[mouse]
+    mouse_gene = np.exp(rng.normal(0.0, 0.04, (len(mice), space.n_genes)))[mouse]
     mouse_depth = np.exp(rng.normal(0.0, 0.2, len(mice)))[mouse]
-    depth = 8000.0 * mouse_depth * np.exp(rng.normal(0.0, 0.3, n_cells))
-    scale = (depth / (s * mouse_gene).sum(1))[:, None] * mouse_gene
-    spliced = rng.poisson(s * scale).astype(np.float32)
-    unspliced = rng.poisson(u * scale).astype(np.float32)
-    embedding = world.embed(log_normalise(spliced))
+    depth = world.depth * mouse_depth * np.exp(rng.normal(0.0, 0.3, n_cells))
 
-    truth_velocity = _embedding_velocity(world, cell_type, t_obs, shift_obs)
-    truth = _true_shifts(world, cell_type, day, t, burn)
+    def rate(s: np.ndarray, x: np.ndarray) -> np.ndarray:  # expected counts at this cell's depth
+        return x * (depth / (s * mouse_gene).sum(1))[:, None] * mouse_gene
+
+    spliced_sham, spliced_burn = coupled_poisson(rng, rate(s_sham, s_sham), rate(s_burn, s_burn))
+    spliced = np.where(burn[:, None], spliced_burn, spliced_sham)
+    unspliced = rng.poisson(np.where(burn[:, None], rate(s_burn, u_burn), rate(s_sham, u_sham))).astype(np.float32)
+    emb_sham, emb_burn = space.embed(log_normalise(spliced_sham)), space.embed(log_normalise(spliced_burn))
+    embedding = np.where(burn[:, None], emb_burn, emb_sham)
+    response = emb_burn - emb_sham
+
+    t_obs = np.where(burn, t_burn, t)
+    truth_velocity = _embedding_velocity(space, cell_type, t_obs, np.where(burn[:, None], log_shift, 0.0))
+    sham_velocity = _embedding_velocity(space, cell_type, t, np.zeros_like(log_shift))
 
     obs = pd.DataFrame(
         {
@@ -201,54 +265,54 @@ def make_wound_healing(n_cells: int = 6000, seed: int = 0, n_mice_per_group: int
     )
     var = pd.DataFrame(
         {"truth_beta": p["beta"], "truth_gamma": p["gamma"]},
-        index=[f"Gene{g + 1:04d}" for g in range(world.n_genes)],
+        index=[f"Gene{g + 1:04d}" for g in range(space.n_genes)],
     )
     adata = ad.AnnData(
         X=sp.csr_matrix(spliced),
         obs=obs,
         var=var,
         layers={"spliced": sp.csr_matrix(spliced), "unspliced": sp.csr_matrix(unspliced)},
-        obsm={EMBED_KEY: embedding, "truth_velocity": truth_velocity},
+        obsm={EMBED_KEY: embedding, "truth_velocity": truth_velocity, "truth_sham_velocity": sham_velocity,
+              "truth_response": response.astype(np.float32),
+              "truth_noise_free": space.expected_embedding(cell_type, t_obs, np.where(burn[:, None], log_shift,
+                                                                                       0.0))},
         varm={"state_loadings": p["loadings"].astype(np.float32)},
     )
     adata.uns["stx_demo"] = {
         "generator": "stx.data.demo.make_wound_healing",
+        "world": world.name,
+        "world_summary": world.summary,
         "seed": seed,
-        "world_seed": world.seed,
+        "space_seed": space.seed,
         "embedding": "(log1p(normalize_total(spliced, 1e4)) - reference_mean) @ varm['state_loadings']",
-        "reference_mean": world.reference_mean.astype(np.float32),
+        "reference_mean": space.reference_mean.astype(np.float32),
     }
-    adata.uns["truth"] = truth
+    adata.uns["truth"] = _group_truth(cell_type, day, burn, response)
     return adata
 
 
-def _embedding_velocity(world: SyntheticWorld, cell_type: np.ndarray, t: np.ndarray,
+def _embedding_velocity(space: GeneSpace, cell_type: np.ndarray, t: np.ndarray,
                         log_shift: np.ndarray, h: float = 1e-2) -> np.ndarray:
     """d/dt of each cell's noise-free embedding along its trajectory (central difference)."""
-    ahead = world.expected_embedding(cell_type, t + h, log_shift)
-    behind = world.expected_embedding(cell_type, t - h, log_shift)
+    ahead = space.expected_embedding(cell_type, t + h, log_shift)
+    behind = space.expected_embedding(cell_type, t - h, log_shift)
     return ((ahead - behind) / (2 * h)).astype(np.float32)
 
 
-def _true_shifts(world: SyntheticWorld, cell_type: np.ndarray, day: np.ndarray,
-                 t: np.ndarray, burn: np.ndarray) -> dict:
-    """Mean Burn-minus-Sham embedding shift per (cell type, day), from counterfactuals.
-
-    Each Sham cell is re-simulated as if burned (same latent time, no batch effect or
-    counting noise); the group's true shift is the mean difference of the two embeddings.
-    """
+def _group_truth(cell_type: np.ndarray, day: np.ndarray, burn: np.ndarray, response: np.ndarray) -> dict:
+    """Mean Burn-minus-Sham response of the Sham cells per (cell type, day): what applying
+    Burn to that group's controls does on average."""
     sham = ~burn
-    ct, dy, ts = cell_type[sham], day[sham], t[sham]
-    push, log_shift = world.burn_effect(ct, dy)
-    delta = world.expected_embedding(ct, np.minimum(ts + push, T_MAX * 1.2), log_shift) - \
-        world.expected_embedding(ct, ts)
-    groups = sorted({(int(c), int(d)) for c, d in zip(ct, dy, strict=True)})
-    shift = np.stack([delta[(ct == c) & (dy == d)].mean(0) for c, d in groups])
+    groups = sorted({(int(c), int(d)) for c, d in zip(cell_type[sham], day[sham], strict=True)})
+    shift = np.stack([response[sham & (cell_type == c) & (day == d)].mean(0) for c, d in groups])
     return {
         "cell_type": np.array([CELL_TYPES[c] for c, _ in groups], dtype=object),
         "day": np.array([d for _, d in groups], dtype=np.int64),
         "shift": shift.astype(np.float32),
-        "description": "mean counterfactual Burn-minus-Sham shift in obsm['X_state'] per group",
+        "embed_key": EMBED_KEY,
+        "response_key": "truth_response",
+        "description": "mean counterfactual Burn-minus-Sham response of the Sham cells per group; per cell in "
+                       "obsm['truth_response'] (coupled counting noise)",
     }
 
 

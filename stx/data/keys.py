@@ -14,6 +14,8 @@ CELL_TYPE_INDEX = "cell_type_index"  # [B] cell type of each set
 DAY_INDEX = "day_index"  # [B] time point of each set (index into DataSpec.days)
 CTRL_CELL_INDEX = "ctrl_cell_index"  # [B, S] rows of the control cells in the CellTable
 PERT_CELL_INDEX = "pert_cell_index"  # [B, S] rows of the target cells in the CellTable
+COVARIATES = "covariate_index"  # [B, S, K] codes of the covariate inputs (time point, extra columns)
+HAS_TARGET = "has_target"  # [B] False for sets drawn only for the velocity prior (no perturbed cells to match)
 VELOCITY = "velocity"  # [B, S, D] RNA velocity the predicted shift should align with (velocity variants)
 VELOCITY_WEIGHT = "velocity_weight"  # [B, S] velocity confidence of those cells
 
@@ -26,4 +28,6 @@ BATCH_KEYS = (
     DAY_INDEX,
     CTRL_CELL_INDEX,
     PERT_CELL_INDEX,
+    COVARIATES,
+    HAS_TARGET,
 )

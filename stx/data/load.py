@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NO_BATCH = "all"
 NO_TIME = "all"
+NO_CELL_TYPE = "all"
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,18 @@ class DataSpec:
     days: tuple[str, ...]
     has_time: bool
     datasets: tuple[str, ...]
+    covariates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra obs columns: (name, vocabulary)
+    has_cell_type: bool = True
 
     @property
     def control(self) -> str:
         """Label of the control condition."""
         return self.perts[self.control_index]
+
+    def group_label(self, cell_type: str, day: str) -> str:
+        """How a group is named to a user: "Fib, day 14", "Fib", "day 14" or "all cells"."""
+        parts = ([cell_type] if self.has_cell_type else []) + ([f"day {day}"] if self.has_time else [])
+        return ", ".join(parts) or "all cells"
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +78,9 @@ class CellTable:
     velocity: np.ndarray | None = None  # [N, D] RNA velocity in the embedding (velocity variants)
     velocity_weight: np.ndarray | None = None  # [N] velocity confidence (1 where none was given)
     velocity_calibrated: bool = True  # False for transition-matrix projections (direction only)
+    covariates: np.ndarray | None = None  # [N, K] codes of the extra covariates (spec.covariates)
+    control_day: int | None = None  # data.control_time: the day whose controls serve every day of a cell type
+    truth_response: np.ndarray | None = None  # [N, D] each cell's true Burn-minus-Sham response (synthetic data)
 
     @property
     def n_cells(self) -> int:
@@ -80,6 +91,14 @@ class CellTable:
     def group(self) -> np.ndarray:
         """[N] group code = cell type x day (cell type alone without a time column)."""
         return self.cell_type * len(self.spec.days) + self.day
+
+    def control_group(self, group: np.ndarray | int) -> np.ndarray | int:
+        """The group whose control cells serve `group`: itself, or with data.control_time the
+        same cell type at the reference time point."""
+        if self.control_day is None:
+            return group
+        n_days = len(self.spec.days)
+        return (group // n_days) * n_days + self.control_day
 
     def group_name(self, group: int) -> tuple[str, str]:
         """(cell type, day) of a group code."""
@@ -238,6 +257,7 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
     cell_types = vocab("cell_type")
     batches = vocab("batch")
     days = list(_sorted_days(set(vocab("day"))))
+    covariates = tuple((name, tuple(vocab(f"cov:{name}"))) for name in dcfg.covariates)
 
     def codes(key: str, names: list[str]) -> np.ndarray:
         index = {n: i for i, n in enumerate(names)}
@@ -253,6 +273,8 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
         days=tuple(days),
         has_time=dcfg.time_col is not None,
         datasets=tuple(cfg.datasets),
+        covariates=covariates,
+        has_cell_type=dcfg.cell_type_key is not None,
     )
     obs_names = np.concatenate([p["obs_names"] for p in parts])
     if len(set(obs_names)) != len(obs_names):
@@ -274,10 +296,21 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
         velocity=np.concatenate([p["velocity"] for p in parts]) if velocity else None,
         velocity_weight=np.concatenate([p["velocity_weight"] for p in parts]) if velocity else None,
         velocity_calibrated=all(bool(p.get("calibrated", True)) for p in parts),
+        covariates=np.stack([codes(f"cov:{name}", list(vocab_)) for name, vocab_ in covariates], 1)
+        if covariates else np.zeros((sum(len(p["emb"]) for p in parts), 0), np.int64),
+        truth_response=np.concatenate([p["truth_response"] for p in parts])
+        if all("truth_response" in p for p in parts) else None,
     )
     if velocity:
         _check_velocity(table, cfg)
-    return _skip_incomplete_groups(table)
+    if dcfg.control_time is not None:
+        if not spec.has_time:
+            raise DataError("data.control_time needs data.time_col (the column that holds the time points)")
+        if dcfg.control_time not in spec.days:
+            raise DataError(f"data.control_time = \"{dcfg.control_time}\" is not a time point of "
+                            f"obs['{dcfg.time_col}']; time points: {', '.join(spec.days)}")
+        table = CellTable(**{**table.__dict__, "control_day": spec.days.index(dcfg.control_time)})
+    return _skip_incomplete_groups(table, dcfg.control_time)
 
 
 def _read_dataset(path: Path, dcfg: DataConfig) -> dict[str, np.ndarray]:
@@ -296,35 +329,67 @@ def _read_dataset(path: Path, dcfg: DataConfig) -> dict[str, np.ndarray]:
     return {
         "emb": emb,
         "pert": _labels(_column(obs, dcfg.pert_col, "data.pert_col", path)),
-        "cell_type": _labels(_column(obs, dcfg.cell_type_key, "data.cell_type_key", path)),
+        "cell_type": _labels(_column(obs, dcfg.cell_type_key, "data.cell_type_key", path))
+        if dcfg.cell_type_key else np.full(n, NO_CELL_TYPE, dtype=object),
         "batch": _labels(_column(obs, dcfg.batch_col, "data.batch_col", path))
         if dcfg.batch_col else np.full(n, NO_BATCH, dtype=object),
         "day": _labels(_column(obs, dcfg.time_col, "data.time_col", path))
         if dcfg.time_col else np.full(n, NO_TIME, dtype=object),
         "obs_names": np.asarray(obs.index.astype(str), dtype=object),
+        **{f"cov:{name}": _labels(_column(obs, name, "data.covariates", path)) for name in dcfg.covariates},
+        **_read_truth(path, dcfg.embed_key, emb.shape[1]),
     }
 
 
-def _skip_incomplete_groups(table: CellTable) -> CellTable:
-    """Warn about (and record) groups with no control or no perturbed cells."""
+def _read_truth(path: Path, embed_key: str, dim: int) -> dict[str, np.ndarray]:
+    """The per-cell true response of a synthetic data set, when it is in this embedding."""
+    from anndata.io import read_elem
+
+    with open_h5ad(path) as handle:
+        if "uns" not in handle or "truth" not in handle["uns"]:
+            return {}
+        truth = handle["uns"]["truth"]
+        if "embed_key" not in truth or "response_key" not in truth:
+            return {}
+        key, response = str(read_elem(truth["embed_key"])), str(read_elem(truth["response_key"]))
+        if key != embed_key or "obsm" not in handle or response not in handle["obsm"]:
+            return {}
+        values = np.asarray(read_elem(handle["obsm"][response]), np.float32)
+    return {"truth_response": values} if values.shape[1] == dim else {}
+
+
+def _skip_incomplete_groups(table: CellTable, control_time: str | None = None) -> CellTable:
+    """Warn about (and record) groups with no control or no perturbed cells (with
+    data.control_time, a group's controls are those of its cell type at that time)."""
     spec = table.spec
     group = table.group
+    ctrl = table.pert == spec.control_index
+    with_controls = set(np.unique(group[ctrl]).tolist())
     skipped: list[tuple[str, str, str]] = []
+    usable = 0
     for g in np.unique(group):
         in_group = group == g
-        perts = set(np.unique(table.pert[in_group]).tolist())
+        has_perturbed = bool((in_group & ~ctrl).any())
         cell_type, day = table.group_name(int(g))
-        if spec.control_index not in perts:
+        if int(table.control_group(int(g))) not in with_controls:
             skipped.append((cell_type, day, f"no {spec.control} cells"))
-        elif perts == {spec.control_index}:
-            skipped.append((cell_type, day, "no perturbed cells"))
+        elif not has_perturbed:
+            if table.control_day is None or table.control_day != g % len(spec.days):
+                skipped.append((cell_type, day, "no perturbed cells"))
+        else:
+            usable += 1
     for cell_type, day, why in skipped:
-        where = cell_type if not spec.has_time else f"{cell_type}, day {day}"
-        log.warning("skipping group (%s): %s", where, why)
-    usable = len(np.unique(group)) - len(skipped)
+        log.warning("skipping group (%s): %s", spec.group_label(cell_type, day), why)
+    hint = ""
+    control_days = sorted({spec.days[d] for d in np.unique(table.day[ctrl])})
+    if spec.has_time and control_time is None and len(spec.days) > 1 and len(control_days) == 1:
+        hint = (f"; the controls are all at time {control_days[0]}: a time course with controls at baseline "
+                f"only needs data.control_time = \"{control_days[0]}\"")
+        if skipped and usable:
+            log.warning("groups without controls were skipped%s", hint)
     if usable == 0:
         raise DataError(f"{table.files[0]}: no (cell type, day) group has both {spec.control} and "
-                        f"perturbed cells")
+                        f"perturbed cells{hint}")
     return CellTable(**{**table.__dict__, "skipped_groups": tuple(skipped)})
 
 

@@ -3,6 +3,9 @@
 By batch (mouse) when every stratum has at least 3 batches, so that held-out mice are
 truly unseen; otherwise by cell, stratified by (condition, cell type, day). A stratum is
 (condition, day) when batches are nested in days, else the condition alone.
+
+`data.heldout_groups` then moves every perturbed cell of those groups to the test split:
+the model never sees the perturbation there, only the groups' controls.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Split:
     codes: np.ndarray
     mode: str
     detail: str
+    heldout: frozenset[int] = frozenset()  # groups whose perturbed cells are all in the test split
 
     def mask(self, which: int) -> np.ndarray:
         """Boolean [N] mask of one split."""
@@ -68,8 +72,37 @@ def _batch_strata(table: CellTable, units: np.ndarray, n_units: int) -> np.ndarr
     return None
 
 
+def heldout_group_codes(table: CellTable, names: tuple[str, ...]) -> frozenset[int]:
+    """Group codes of `data.heldout_groups` entries "CELLTYPE:TIME" or "CELLTYPE" (every time)."""
+    spec = table.spec
+    codes: set[int] = set()
+    for name in names:
+        cell_type, sep, day = name.partition(":")
+        if cell_type not in spec.cell_types:
+            raise DataError(f"data.heldout_groups: cell type '{cell_type}' (in '{name}') not in the data; cell types: "
+                            f"{', '.join(spec.cell_types)}")
+        if sep and day not in spec.days:
+            raise DataError(f"data.heldout_groups: time '{day}' (in '{name}') not in the data; time points: "
+                            f"{', '.join(spec.days)}")
+        c = spec.cell_types.index(cell_type)
+        days = [spec.days.index(day)] if sep else range(len(spec.days))
+        codes.update(c * len(spec.days) + d for d in days)
+    return frozenset(codes)
+
+
 def make_split(table: CellTable, cfg: Config) -> Split:
     """Assign every cell to train, val or test (see the module docstring)."""
+    split = _split(table, cfg)
+    heldout = heldout_group_codes(table, cfg.data.heldout_groups)
+    if not heldout:
+        return split
+    codes = split.codes.copy()
+    codes[np.isin(table.group, list(heldout)) & (table.pert != table.spec.control_index)] = TEST
+    names = ", ".join(cfg.data.heldout_groups)
+    return Split(codes, split.mode, f"{split.detail}; perturbed cells of {names} held out (test only)", heldout)
+
+
+def _split(table: CellTable, cfg: Config) -> Split:
     dcfg = cfg.data
     codes = np.full(table.n_cells, TRAIN, np.int8)
     held_out = np.isin(table.dataset, [i for i, d in enumerate(table.spec.datasets) if cfg.role(d) == "test"])

@@ -45,3 +45,23 @@ def headline(table: CellTable, split: Split) -> list[str]:
         where = f"{cell_type}, day {day}" if spec.has_time else cell_type
         lines.append(f"skipped group ({where}): {why}")
     return lines
+
+
+def batch_confounding(table: CellTable, batch_col: str | None) -> str | None:
+    """A warning when batches and conditions cannot be told apart, else None."""
+    spec = table.spec
+    if not batch_col or len(spec.batches) < 2:
+        return None
+    pairs = np.unique(np.stack([table.batch, table.pert]), axis=1)
+    conditions_per_batch = np.bincount(pairs[0], minlength=len(spec.batches))
+    if conditions_per_batch.max() > 1:
+        return None
+    batches_per_condition = np.bincount(pairs[1], minlength=len(spec.perts))
+    lonely = [spec.perts[p] for p in range(len(spec.perts)) if batches_per_condition[p] == 1]
+    if lonely:
+        return (f"{', '.join(lonely)}: every cell is in one {batch_col} batch, which holds no other condition: "
+                f"batch and condition are fully confounded, so a batch effect is indistinguishable from the "
+                f"perturbation's effect")
+    counts = ", ".join(f"{p} {n}" for p, n in zip(spec.perts, batches_per_condition, strict=True))
+    return (f"each {batch_col} batch holds a single condition (batches per condition: {counts}): batch effects "
+            f"average out only across batches, and the test split holds out whole batches")

@@ -60,11 +60,13 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
     groups = obs.iloc[source][group_cols].astype(str).agg("|".join, axis=1).to_numpy() if group_cols \
         else np.zeros(len(source), dtype=object)
     rows, labels, preds = [], [], []
+    inputs = [name for name, _ in package.model.spec.covariates]
     for target in targets:
         for group in pd.unique(groups):
             cells = source[groups == group]
             batches = obs.iloc[cells][batch_col].astype(str).to_numpy() if batch_col in obs else None
-            preds.append(package.predict(emb[cells], target, batches))
+            covariates = {name: obs.iloc[cells][name].to_numpy() for name in inputs if name in obs}
+            preds.append(package.predict(emb[cells], target, batches, covariates=covariates))
             rows.append(cells)
             labels += [target] * len(cells)
     rows_all = np.concatenate(rows)

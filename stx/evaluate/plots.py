@@ -1,10 +1,21 @@
-"""Figures a run logs: loss curves, gradient norms, and real vs predicted cells."""
+"""Figures a run logs: loss curves, gradient norms, and real vs predicted cells.
+
+Every axis is labelled with its quantity and unit; colours keep one meaning across figures
+(`CONDITION_COLORS` for control / real / predicted, a qualitative palette for categories).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+CONDITION_COLORS = {"control": "#9e9e9e", "real": "#d95f02", "predicted": "#1b9e77"}
+UNITS = {
+    "train/loss": "energy distance (+ auxiliary terms)", "val/loss": "energy distance (+ auxiliary terms)",
+    "train/energy_loss": "energy distance", "val/energy_loss": "energy distance",
+    "grad_norm/global": "L2 norm of the gradient", "lr": "learning rate",
+}
 
 
 def _figure():
@@ -13,14 +24,15 @@ def _figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
     return plt
 
 
 def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], out: Path, title: str,
-                log_y: bool = False) -> Path:
-    """Line plot of metric histories (missing keys are skipped)."""
+                log_y: bool = False, hline: tuple[float, str] | None = None) -> Path:
+    """Line plot of metric histories (missing keys are skipped); `hline` = (value, label)."""
     plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=110)
     drawn = 0
     for key in keys:
         points = history.get(key)
@@ -28,7 +40,10 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], ou
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, label=key, lw=1.2, marker="o" if len(points) < 30 else None, ms=3)
             drawn += 1
-    ax.set_xlabel("step")
+    if hline is not None and drawn:
+        ax.axhline(hline[0], color="k", ls=":", lw=1, label=hline[1])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(UNITS.get(keys[0], keys[0]) if keys else "")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if drawn:
@@ -44,42 +59,59 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], ou
     return out
 
 
-def project_2d(x: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
-    """2-D coordinates by UMAP (umap-learn) or PCA."""
+def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates by PCA or UMAP (umap-learn), with their axis labels."""
     if method == "umap":
         import umap
 
-        return umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed).fit_transform(x)
+        xy = umap.UMAP(n_neighbors=15, min_dist=0.3, random_state=seed).fit_transform(x)
+        return xy, ("UMAP 1 (arbitrary units)", "UMAP 2 (arbitrary units)")
     centred = x - x.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    share = s ** 2 / max(float((s ** 2).sum()), 1e-30)
+    return centred @ vt[:2].T, (f"PC1 ({100 * share[0]:.0f}% of variance)", f"PC2 ({100 * share[1]:.0f}% of variance)")
+
+
+def category_colors(values: list[str]) -> dict[str, str]:
+    """A colour per category, stable for the same set of values."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if len(values) <= 10 else "tab20"]
+    return {v: matplotlib.colors.to_hex(palette(i % palette.N)) for i, v in enumerate(sorted(values, key=str))}
 
 
 def plot_real_vs_predicted(control: np.ndarray, real: np.ndarray, pred: np.ndarray,
-                           cell_types: tuple[np.ndarray, np.ndarray, np.ndarray], labels: tuple[str, str],
-                           out: Path, method: str = "umap", max_cells: int = 1500, seed: int = 0) -> Path:
-    """Two panels over one embedding of control, real perturbed and predicted cells:
-    coloured by condition (control / real / predicted) and by cell type."""
+                           labels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], conditions: tuple[str, str],
+                           out: Path, method: str = "pca", max_cells: int = 1500, seed: int = 0) -> Path:
+    """Panels over one 2-D map of control, real perturbed and predicted cells: by condition,
+    then predicted cells by each label (cell type, time point)."""
     rng = np.random.default_rng(seed)
-    parts, names, types = [], [], []
-    for x, name, ct in zip((control, real, pred), ("control " + labels[0], "real " + labels[1],
-                                                    "predicted " + labels[1]), cell_types, strict=True):
-        pick = rng.choice(len(x), min(len(x), max_cells), replace=False) if len(x) else np.zeros(0, int)
-        parts.append(x[pick])
-        names += [name] * len(pick)
-        types.append(ct[pick])
-    xy = project_2d(np.concatenate(parts), method, seed)
-    names, types = np.asarray(names), np.concatenate(types)
+    picks = [rng.choice(len(x), min(len(x), max_cells), replace=False) if len(x) else np.zeros(0, int)
+             for x in (control, real, pred)]
+    xy, axis = project_2d(np.concatenate([x[p] for x, p in zip((control, real, pred), picks, strict=True)]),
+                          method, seed)
+    bounds = np.cumsum([0, *map(len, picks)])
     plt = _figure()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110)
-    for ax, values, title in ((axes[0], names, "condition"), (axes[1], types, "cell type")):
-        for value in dict.fromkeys(values):
-            sel = values == value
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, label=str(value))
-        ax.set_title(f"{method.upper()} of test cells: {title}")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    n = 1 + len(labels)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.4), dpi=110, squeeze=False)
+    ax = axes[0][0]
+    names = (f"control ({conditions[0]})", f"real {conditions[1]}", f"predicted {conditions[1]}")
+    for k, (name, color) in enumerate(zip(names, CONDITION_COLORS.values(), strict=True)):
+        ax.scatter(*xy[bounds[k]:bounds[k + 1]].T, s=3, alpha=0.5, c=color, label=name)
+    ax.set_title("held-out cells by condition")
+    for ax, (title, values) in zip(axes[0][1:], labels.items(), strict=True):
+        shown = values[2][picks[2]]
+        colors = category_colors(list(dict.fromkeys(np.concatenate(values).tolist())))
+        ax.scatter(*xy[bounds[0]:bounds[2]].T, s=2, c="#dddddd", label="real cells")
+        for value in sorted(dict.fromkeys(shown.tolist()), key=str):
+            sel = shown == value
+            ax.scatter(*xy[bounds[2]:bounds[3]][sel].T, s=3, alpha=0.6, c=colors[value], label=str(value))
+        ax.set_title(f"predicted cells by {title}")
+    for ax in axes[0]:
+        ax.set_xlabel(axis[0])
+        ax.set_ylabel(axis[1])
         ax.legend(markerscale=4, frameon=False, fontsize=8)
+    fig.suptitle(f"{method.upper()} of the held-out test cells (up to {max_cells} per kind)")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

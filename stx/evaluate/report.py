@@ -1,7 +1,8 @@
-"""Per-group evaluation tables, their summaries, the mean-shift reference, and the
-predictions `.h5ad` a run logs."""
+"""Per-group evaluation tables, their summaries, and the predictions `.h5ad` a run logs."""
 
 from __future__ import annotations
+
+import logging
 
 import anndata as ad
 import numpy as np
@@ -9,103 +10,109 @@ import pandas as pd
 
 from stx.config import DataConfig
 from stx.data.load import CellTable
-from stx.data.split import TEST, TRAIN, Split
-from stx.evaluate.metrics import METRICS, TARGETS, group_metrics, meets_target, temporal_coherence
+from stx.evaluate.design import TestDesign
+from stx.evaluate.metrics import (
+    ALL_METRICS,
+    TARGETS,
+    cell_metrics,
+    group_metrics,
+    meets_target,
+    shifts,
+    temporal_coherence,
+)
 from stx.evaluate.predict import Predictions
 
+log = logging.getLogger(__name__)
 
-def evaluate(table: CellTable, split: Split, preds: Predictions, seed: int = 0) -> pd.DataFrame:
-    """One row per (perturbation, cell type, day) of the test split with every metric."""
+GROUP_COLUMNS = ["perturbation", "cell_type", "day", "n_fed", "n_reference", "n_real", "small", "heldout"]
+
+
+def evaluate(table: CellTable, design: TestDesign, preds: Predictions, min_cells: int = 1,
+             seed: int = 0) -> pd.DataFrame:
+    """One row per (perturbation, cell type, day) of the test design with every metric.
+
+    `small` flags groups with fewer than `min_cells` fed or reference controls or real
+    perturbed cells; `heldout` flags groups never trained on (data.heldout_groups).
+    """
     spec = table.spec
-    test = split.mask(TEST)
-    ctrl = spec.control_index
-    rows = []
-    shifts: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-    for p in np.unique(preds.pert):
-        for g in np.unique(table.group[preds.source[preds.pert == p]]):
-            in_group = test & (table.group == g)
-            control = table.emb[in_group & (table.pert == ctrl)]
-            real = table.emb[in_group & (table.pert == p)]
-            pred = preds.emb[(preds.pert == p) & (table.group[preds.source] == g)]
-            if len(real) == 0 or len(control) == 0 or len(pred) == 0:
-                continue
-            cell_type, day = table.group_name(int(g))
-            values = group_metrics(control, real, pred, seed=seed)
-            mu_c = control.mean(0)
-            shifts[(int(p), int(g) // len(spec.days), int(g) % len(spec.days))] = (
-                pred.mean(0) - mu_c, real.mean(0) - mu_c)
-            rows.append({"perturbation": spec.perts[p], "cell_type": cell_type, "day": day,
-                         "n_control": len(control), "n_real": len(real), **values,
-                         "temporal_coherence": np.nan, "_key": (int(p), int(g) // len(spec.days),
-                                                                int(g) % len(spec.days))})
-    # temporal coherence: consecutive days of the same perturbation and cell type
-    if spec.has_time:
+    n_days = len(spec.days)
+    targets = preds.target_group(table)
+    lookup = {(int(s), int(p), int(g)): i for i, (s, p, g) in enumerate(zip(preds.source, preds.pert, targets,
+                                                                             strict=True))}
+    rows, deltas = [], {}
+    for task in design.tasks:
+        index = [lookup.get((int(s), task.pert, task.group)) for s in task.fed]
+        if not len(task.fed) or not len(task.real) or not len(task.reference) or any(i is None for i in index):
+            continue
+        fed, ref, real = table.emb[task.fed], table.emb[task.reference], table.emb[task.real]
+        pred = preds.emb[np.asarray(index)]
+        cell_type, day = table.group_name(task.group)
+        row = {"perturbation": spec.perts[task.pert], "cell_type": cell_type, "day": day,
+               "n_fed": len(fed), "n_reference": len(ref), "n_real": len(real),
+               "small": bool(min(len(fed), len(ref), len(real)) < min_cells), "heldout": task.heldout,
+               **group_metrics(fed, ref, real, pred, seed=seed), "temporal_coherence": np.nan}
+        if table.truth_response is not None and table.control_day is None:  # a same-time counterfactual
+            row.update(cell_metrics(fed, pred, table.truth_response[task.fed], seed=seed))
+        deltas[(task.pert, task.group // n_days, task.group % n_days)] = shifts(fed, ref, real, pred)
+        row["_key"] = (task.pert, task.group // n_days, task.group % n_days)
+        rows.append(row)
+    if spec.has_time:  # consecutive time points of the same perturbation and cell type
         for row in rows:
             p, c, d = row["_key"]
-            previous = [k for k in shifts if k[0] == p and k[1] == c and k[2] < d]
-            if previous:
-                prev = max(previous, key=lambda k: k[2])
-                (dp1, dr1), (dp2, dr2) = shifts[prev], shifts[(p, c, d)]
+            earlier = [k for k in deltas if k[0] == p and k[1] == c and k[2] < d]
+            if earlier:
+                (dp1, dr1), (dp2, dr2) = deltas[max(earlier, key=lambda k: k[2])], deltas[(p, c, d)]
                 row["temporal_coherence"] = temporal_coherence(dp1, dp2, dr1, dr2)
-    frame = pd.DataFrame(rows).drop(columns="_key", errors="ignore")
-    if frame.empty:
-        return pd.DataFrame(columns=["perturbation", "cell_type", "day", "n_control", "n_real", *METRICS])
-    return frame
+    if not rows:
+        return pd.DataFrame(columns=[*GROUP_COLUMNS, *ALL_METRICS])
+    return pd.DataFrame(rows).drop(columns="_key")
 
 
 def summarize(frame: pd.DataFrame, prefix: str = "eval/") -> dict[str, float]:
-    """Means over groups (`eval/<metric>`) and the share of groups meeting each target."""
+    """Means over the headline groups (`<prefix><metric>`: neither small nor held out), the
+    share of them meeting each target, and the held-out groups' means (`<prefix>heldout/`)."""
     out: dict[str, float] = {}
-    for metric in METRICS:
-        values = frame[metric].astype(float) if metric in frame else pd.Series(dtype=float)
-        values = values[np.isfinite(values)]
-        if len(values) == 0:
-            continue
-        out[f"{prefix}{metric}"] = float(values.mean())
-        if metric in TARGETS:
-            out[f"{prefix}frac_{metric}_target"] = float(np.mean([meets_target(metric, v) for v in values]))
-    out[f"{prefix}n_groups"] = float(len(frame))
+    usable = ~frame["small"].astype(bool) if "small" in frame else pd.Series(True, index=frame.index)
+    heldout = frame["heldout"].astype(bool) if "heldout" in frame else pd.Series(False, index=frame.index)
+    for name, rows in (("", usable & ~heldout), ("heldout/", usable & heldout)):
+        for metric in ALL_METRICS:
+            values = frame.loc[rows, metric].astype(float) if metric in frame else pd.Series(dtype=float)
+            values = values[np.isfinite(values)]
+            if len(values) == 0:
+                continue
+            out[f"{prefix}{name}{metric}"] = float(values.mean())
+            if metric in TARGETS and not name:
+                out[f"{prefix}frac_{metric}_target"] = float(np.mean([meets_target(metric, v) for v in values]))
+    out[f"{prefix}n_groups"] = float((usable & ~heldout).sum())
     return out
 
 
-def mean_shift_predictions(table: CellTable, split: Split) -> Predictions:
-    """The simple bar: each test control cell plus the training split's mean shift of its
-    (perturbation, cell type, day)."""
-    ctrl = table.spec.control_index
-    train, test = split.mask(TRAIN), split.mask(TEST)
-    sources, perts, embs = [], [], []
-    for g in np.unique(table.group[test]):
-        controls = np.flatnonzero(test & (table.group == g) & (table.pert == ctrl))
-        train_ctrl = table.emb[train & (table.group == g) & (table.pert == ctrl)]
-        for p in np.unique(table.pert[test & (table.group == g)]):
-            train_real = table.emb[train & (table.group == g) & (table.pert == p)]
-            if p == ctrl or len(controls) == 0:
-                continue
-            shift = (train_real.mean(0) - train_ctrl.mean(0)) if len(train_real) and len(train_ctrl) else 0.0
-            sources.append(controls)
-            perts.append(np.full(len(controls), p))
-            embs.append(table.emb[controls] + shift)
-    if not sources:
-        return Predictions(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, table.spec.embed_dim)))
-    return Predictions(np.concatenate(sources), np.concatenate(perts), np.concatenate(embs).astype(np.float32))
+def small_groups(frame: pd.DataFrame) -> list[str]:
+    """"Fib, day 14 (fed 3, reference 2, real 40)" for every flagged group."""
+    rows = frame[frame["small"].astype(bool)] if "small" in frame else frame.iloc[:0]
+    return [f"{r.cell_type}, day {r.day} (fed {r.n_fed}, reference {r.n_reference}, real {r.n_real})"
+            for r in rows.itertuples()]
 
 
-def predictions_anndata(table: CellTable, preds: Predictions, dcfg: DataConfig) -> ad.AnnData:
-    """Predictions as AnnData: one row per predicted cell, provenance in obs (DESIGN §5)."""
+def predictions_anndata(table: CellTable, preds: Predictions, dcfg: DataConfig,
+                        provenance: dict[str, str] | None = None) -> ad.AnnData:
+    """Predictions as AnnData: one row per predicted cell, provenance in obs and uns (DESIGN §5)."""
     spec = table.spec
     obs = pd.DataFrame({
         "source_cell": table.obs_names[preds.source].astype(str),
-        dcfg.cell_type_key: pd.Categorical(np.asarray(spec.cell_types)[table.cell_type[preds.source]]),
         dcfg.pert_col: pd.Categorical(np.asarray(spec.perts)[preds.pert]),
     })
-    if dcfg.time_col:
-        obs[dcfg.time_col] = pd.Categorical(np.asarray(spec.days)[table.day[preds.source]])
+    if dcfg.cell_type_key:
+        obs[dcfg.cell_type_key] = pd.Categorical(np.asarray(spec.cell_types)[table.cell_type[preds.source]])
+    if dcfg.time_col:  # the time predicted for (with data.control_time not the source cell's own)
+        obs[dcfg.time_col] = pd.Categorical(np.asarray(spec.days)[preds.target_group(table) % len(spec.days)])
     if dcfg.batch_col:
         obs[dcfg.batch_col] = pd.Categorical(np.asarray(spec.batches)[table.batch[preds.source]])
     obs.index = [f"pred{i}" for i in range(preds.n)]
+    dims = pd.DataFrame(index=[f"{spec.embed_key}_{i}" for i in range(spec.embed_dim)])
     if spec.embed_key == "X":
-        adata = ad.AnnData(X=preds.emb, obs=obs)
+        adata = ad.AnnData(X=preds.emb, obs=obs, var=dims)
     else:
         adata = ad.AnnData(obs=obs, obsm={spec.embed_key: preds.emb})
-    adata.uns["stx"] = {"control": spec.control, "embed_key": spec.embed_key}
+    adata.uns["stx"] = {"control": spec.control, "embed_key": spec.embed_key, **(provenance or {})}
     return adata

@@ -37,8 +37,11 @@ def _remap_columns(old: torch.Tensor, old_names: tuple[str, ...], new_names: tup
     return out, reused
 
 
-def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | None = None) -> StateTransition:
-    """A copy of the pretrained model with input layers for `data`'s vocabularies.
+def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | None = None,
+                  covariates: tuple[tuple[str, tuple[str, ...]], ...] = (), cell_skip: bool = False) -> StateTransition:
+    """A copy of the pretrained model with input layers for `data`'s vocabularies, the
+    covariate inputs `covariates` ((name, vocabulary); their embeddings start at zero) and,
+    with `cell_skip`, the closed cell-skip gate (`stx.model.st`).
 
     `output_relu` overrides the checkpoint's output clipping (None keeps it).
     """
@@ -51,7 +54,8 @@ def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | No
     if spec.output_dim != data.embed_dim:
         raise StxError(f"the checkpoint {where} predicts {spec.output_dim} dims but {key} has {data.embed_dim}")
     new_spec = replace(spec, pert_names=data.perts, batch_names=data.batches if spec.batch_encoder else (),
-                       output_relu=spec.output_relu if output_relu is None else output_relu)
+                       output_relu=spec.output_relu if output_relu is None else output_relu,
+                       covariates=covariates, cell_skip=cell_skip or spec.cell_skip)
     model = StateTransition(new_spec)
     old_state = pretrained.model.state_dict()
     new_state = model.state_dict()

@@ -143,6 +143,7 @@ def spec_from_hparams(hp: dict[str, Any], perts: tuple[str, ...], batches: tuple
         output_relu=relu,
         cell_set_len=int(hp.get("cell_set_len", 256)),
         backbone=backbone,
+        cell_skip=bool(hp.get("stx_cell_skip", False)),
     )
 
 
@@ -202,7 +203,8 @@ def write_run_dir(model: StateTransition, run_dir: Path, *, control_pert: str, e
     if spec.batch_names:
         beye = torch.eye(len(spec.batch_names))
         torch.save({n: beye[i] for i, n in enumerate(spec.batch_names)}, run_dir / "batch_onehot_map.torch")
-    hparams = {**kwargs, **dims, **data_kwargs, "stx_output_relu": spec.output_relu, **(extra_hparams or {})}
+    hparams = {**kwargs, **dims, **data_kwargs, "stx_output_relu": spec.output_relu, "stx_cell_skip": spec.cell_skip,
+               **(extra_hparams or {})}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "hyper_parameters": hparams}, run_dir / "checkpoints" / "final.ckpt")
     return run_dir

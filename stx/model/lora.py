@@ -1,7 +1,12 @@
 """LoRA adapters (peft) on the backbone, applied after the pretrained weights are loaded.
 
 Freezing happens here and only here: after `apply_lora`, the trainable parameters are the
-LoRA matrices plus the modules named in `also_train` (the rebuilt input layers).
+LoRA matrices, mHC coefficients, the rebuilt input layers (perturbation, batch and
+covariate encoders) and, by default, the output head: `project_out`, the backbone's
+final norm and the cell-skip gate. Frozen, the head caps what LoRA can do: the backbone may learn a new shift,
+but the pretrained head decodes it with the pretrained gain (on the demo predictions
+undershoot, magnitude ratio ~0.7, and plateau). `model.lora.train_head = false` restores
+the frozen head.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from stx.config import LoraConfig
 from stx.errors import StxError
 from stx.model.st import StateTransition
 
-NEW_INPUT_LAYERS = ("pert_encoder", "batch_encoder")
+NEW_INPUT_LAYERS = ("pert_encoder", "batch_encoder", "covariate_encoders")
+HEAD = ("project_out", "transformer_backbone.norm", "skip_gate")
 
 
 def apply_lora(model: StateTransition, cfg: LoraConfig) -> StateTransition:
@@ -33,11 +39,14 @@ def apply_lora(model: StateTransition, cfg: LoraConfig) -> StateTransition:
     return model
 
 
-def freeze_for_finetuning(model: nn.Module, also_train: Iterable[str] = NEW_INPUT_LAYERS) -> None:
-    """Freeze everything except LoRA matrices, mHC coefficients and `also_train` modules."""
-    prefixes = tuple(f"{name}." for name in also_train)
+def freeze_for_finetuning(model: nn.Module, train_head: bool = True,
+                          also_train: Iterable[str] = NEW_INPUT_LAYERS) -> None:
+    """Freeze everything except LoRA matrices, mHC coefficients, `also_train` modules and
+    (with `train_head`) the output head."""
+    names = (*also_train, *(HEAD if train_head else ()))
+    prefixes = tuple(f"{name}." for name in names)
     for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name or ".mhc." in name or name.startswith(prefixes))
+        param.requires_grad_("lora_" in name or ".mhc." in name or name.startswith(prefixes) or name in names)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -21,9 +21,16 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 2 * xy - xx - yy
 
 
-def energy_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean energy distance over sets (the training loss; half of it equals geomloss')."""
-    return energy_distance(pred, target).mean()
+def energy_loss(pred: torch.Tensor, target: torch.Tensor, has_target: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean energy distance over sets (the training loss; half of it equals geomloss').
+
+    `has_target` [B] leaves out sets that have no real perturbed cells to match.
+    """
+    per_set = energy_distance(pred, target)
+    if has_target is None:
+        return per_set.mean()
+    w = has_target.to(per_set.dtype)
+    return (per_set * w).sum() / w.sum().clamp_min(1.0)
 
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,25 +46,32 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 
 def velocity_alignment(shift: torch.Tensor, velocity: torch.Tensor, weight: torch.Tensor, *,
                        min_confidence: float = 0.3, beta: float = 1.0, reduce: str = "cell",
-                       eps: float = 1e-8) -> dict[str, torch.Tensor]:
+                       eps: float = 1e-8, sets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Align predicted shifts with RNA velocity (the velocity variants' auxiliary loss).
 
     shift = pred - ctrl [B, S, D]; velocity [B, S, D] (a constant target: detached here);
-    weight [B, S] = velocity confidence. Cells with non-finite or zero velocity, or with
-    confidence below `min_confidence`, are excluded. Returns
+    weight [B, S] = velocity confidence; `sets` [B] bool = the sets the term applies to (the
+    others, such as control->control sets, are left out, also of `coverage`). Cells with
+    non-finite or zero velocity, or with confidence below `min_confidence`, are excluded. Returns
 
     * `direction`: weighted mean of 1 - cos(shift, v) (0 parallel, 1 orthogonal, 2 opposite);
       with reduce="set", 1 - cos(mean shift, mean v) per set, averaged over sets;
-    * `magnitude`: weighted mean of | |shift| - beta |v| |;
+    * `magnitude`: weighted mean of | |shift| - beta |v| | (per cell, or per set mean);
     * `cos`: the (weighted) mean cosine, and `coverage`: the fraction of cells used.
+
+    Per set is the default in stx: the energy loss compares sets as distributions, so the
+    model is free to reorder cells within a set and a per-cell shift pred_i - ctrl_i is not
+    defined by training; the set's mean shift is.
     """
     v = velocity.detach().float()
     d = shift.float()
     v_norm = v.norm(dim=-1)
     valid = torch.isfinite(v).all(-1) & (v_norm > eps) & (weight >= min_confidence) & torch.isfinite(weight)
+    considered = torch.ones_like(valid) if sets is None else sets[:, None].expand_as(valid)
+    valid = valid & considered
     w = torch.where(valid, weight.float(), torch.zeros_like(weight, dtype=torch.float32))
     v = torch.where(valid[..., None], v, torch.zeros_like(v))
-    coverage = valid.float().mean()
+    coverage = valid.float().sum() / considered.float().sum().clamp_min(1.0)
     zero = d.sum() * 0.0  # keeps the graph (and the device) when nothing is valid
     if not valid.any():
         return {"direction": zero, "magnitude": zero, "cos": zero.detach(), "coverage": coverage}
@@ -69,6 +83,10 @@ def velocity_alignment(shift: torch.Tensor, velocity: torch.Tensor, weight: torc
         used = w.sum(1) > 0
         direction = (1 - cos[used]).mean()
         cos_mean = cos[used].mean()
+        w_mean = w.sum(1).clamp_min(eps)[:, None]
+        gap = ((d_set / w_mean).norm(dim=-1) - beta * (v_set / w_mean).norm(dim=-1)).abs()
+        return {"direction": direction, "magnitude": gap[used].mean(), "cos": cos_mean.detach(),
+                "coverage": coverage}
     else:
         cos = (d * v).sum(-1) / (d_norm.clamp_min(eps) * v.norm(dim=-1).clamp_min(eps))
         direction = (w * (1 - cos)).sum() / w.sum()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from stx.errors import StxError
@@ -33,9 +34,29 @@ class InferencePackage:
         """Perturbation vocabulary (index order)."""
         return list(self.model.spec.pert_names)
 
+    def covariate_codes(self, values: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """[n, K] codes of the model's covariate inputs from per-cell values {column: [n]};
+        a missing column or a value the model never saw is a one-line error."""
+        from stx.data.load import _labels
+
+        codes = np.zeros((n, len(self.model.spec.covariates)), np.int64)
+        for k, (name, vocab) in enumerate(self.model.spec.covariates):
+            if name not in values:
+                raise StxError(f"the model takes '{name}' as an input (a covariate it was trained with): give it "
+                               f"for every cell (known values: {', '.join(vocab)})")
+            labels = _labels(pd.Series(values[name]))
+            index = {v: i for i, v in enumerate(vocab)}
+            unknown = sorted(set(labels) - set(index))
+            if unknown:
+                raise StxError(f"'{name}' values {', '.join(unknown[:5])} were never seen in training; the model "
+                               f"knows {', '.join(vocab)}")
+            codes[:, k] = [index[v] for v in labels]
+        return codes
+
     def predict(self, emb: np.ndarray, condition: str, batches: np.ndarray | None = None,
-                device: str = "cpu") -> np.ndarray:
-        """Predicted embeddings [n, D] of control cells `emb` [n, D] under `condition`."""
+                device: str = "cpu", covariates: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Predicted embeddings [n, D] of control cells `emb` [n, D] under `condition`
+        (`covariates`: per-cell values of the model's covariate inputs, e.g. {"day": [...]})."""
         if condition not in self.perts:
             raise StxError(f"condition '{condition}' unknown to this model; it knows: {', '.join(self.perts)}")
         spec = self.model.spec
@@ -45,8 +66,9 @@ class InferencePackage:
         if batches is not None and spec.batch_names:
             index = {b: i for i, b in enumerate(spec.batch_names)}
             codes = np.asarray([index.get(str(b), 0) for b in batches], np.int64)
+        cov = self.covariate_codes(covariates or {}, len(emb))
         return predict_sets(self.model.to(device), np.asarray(emb, np.float32), codes,
-                            self.perts.index(condition), int(self.meta["cell_set_len"]), device)
+                            self.perts.index(condition), int(self.meta["cell_set_len"]), device, covariates=cov)
 
 
 def save_package(model: StateTransition, meta: dict[str, Any], out: Path) -> Path:
@@ -67,8 +89,7 @@ def load_package(path: Path) -> InferencePackage:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise StxError(f"{meta_path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    raw = meta.pop("spec")
-    spec = ModelSpec(**{**raw, "pert_names": tuple(raw["pert_names"]), "batch_names": tuple(raw["batch_names"])})
+    spec = ModelSpec.from_dict(meta.pop("spec"))
     model = StateTransition(spec)
     if meta.get("mhc"):
         from stx.config import MhcConfig

@@ -4,9 +4,17 @@ Same architecture and parameter names as Arc's arc-state `StateTransitionPerturb
 (so its checkpoints load unchanged), written for stx: plain `nn.Module`, no Lightning, no
 geomloss. Per set of S control cells:
 
-    h   = basal_encoder(ctrl) + pert_encoder(one_hot(pert)) [+ batch_encoder(batch)]   [B, S, H]
+    h   = basal_encoder(ctrl) + pert_encoder(one_hot(pert)) [+ batch_encoder(batch)]
+          [+ sum_k covariate_encoders[k](covariate_k)]                                   [B, S, H]
     r   = backbone(h)        (Llama, no rotary embedding, every cell attends to every cell)
     out = project_out(r + basal_encoder(ctrl))   if predict_residual else project_out(r)  [B, S, D]
+    [+ g * (ctrl - project_out(basal_encoder(ctrl)))]                                    (cell skip)
+
+The cell skip is stx's: ST regenerates every predicted cell through its encoder and head,
+so its output carries the head's reconstruction error of the input cell (on the demo the
+pretrained model maps controls to themselves with a mean bias of half the Burn shift).
+The gate g [D] starts at 0 (the pretrained function, exactly) and can open to 1, where the
+model predicts a change to each cell: ctrl + project_out(r + b) - project_out(b).
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ import torch
 from torch import nn
 
 from stx.data import keys
+
+# The gate is stored divided by this, so that at fine-tuning learning rates (Adam moves a
+# parameter by about lr per step) it can open within a few hundred steps.
+SKIP_SCALE = 10.0
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "leakyrelu": nn.LeakyReLU,
@@ -43,6 +55,8 @@ class ModelSpec:
     output_relu: bool = False
     cell_set_len: int = 64
     backbone: dict[str, Any] = field(default_factory=dict)
+    covariates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # stx's inputs beyond arc-state's: (name, vocab)
+    cell_skip: bool = False  # stx's gated identity path for the input cell (see the module docstring)
 
     @property
     def pert_dim(self) -> int:
@@ -53,7 +67,14 @@ class ModelSpec:
         """Plain data (for saving next to weights)."""
         out = asdict(self)
         out["pert_names"], out["batch_names"] = list(self.pert_names), list(self.batch_names)
+        out["covariates"] = [[name, list(vocab)] for name, vocab in self.covariates]
         return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        """Inverse of `to_dict`."""
+        return cls(**{**raw, "pert_names": tuple(raw["pert_names"]), "batch_names": tuple(raw["batch_names"]),
+                      "covariates": tuple((str(n), tuple(v)) for n, v in raw.get("covariates", ()))})
 
 
 def build_mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, dropout: float,
@@ -113,12 +134,18 @@ class StateTransition(nn.Module):
         self.batch_encoder = (
             nn.Embedding(len(spec.batch_names), h) if spec.batch_encoder and spec.batch_names else None
         )
+        # zero at init: a pretrained model without these inputs computes exactly what it did
+        self.covariate_encoders = nn.ModuleList(nn.Embedding(len(vocab), h) for _, vocab in spec.covariates)
+        for encoder in self.covariate_encoders:
+            nn.init.zeros_(encoder.weight)
+        self.skip_gate = nn.Parameter(torch.zeros(spec.output_dim)) if spec.cell_skip else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Predict the perturbed cells of each set.
 
         `batch[CTRL_EMB]` [B, S, D_in]; `batch[PERT_INDEX]` [B] (one perturbation per set) or
-        [B, S]; `batch[BATCH_INDEX]` [B, S] when the model has a batch encoder.
+        [B, S]; `batch[BATCH_INDEX]` [B, S] when the model has a batch encoder;
+        `batch[COVARIATES]` [B, S, K] when it has covariate inputs.
         """
         ctrl = batch[keys.CTRL_EMB]
         b, s, _ = ctrl.shape
@@ -130,11 +157,17 @@ class StateTransition(nn.Module):
         seq = basal + self.pert_encoder(one_hot)
         if self.batch_encoder is not None:
             seq = seq + self.batch_encoder(batch[keys.BATCH_INDEX])
+        if len(self.covariate_encoders):
+            covariates = batch[keys.COVARIATES]
+            for k, encoder in enumerate(self.covariate_encoders):
+                seq = seq + encoder(covariates[..., k])
         # an all-zero additive 4-D mask makes attention bidirectional in every transformers
         # version (arc-state's `_update_causal_mask` override no longer exists in 5.x)
         mask = seq.new_zeros(b, 1, s, s)
         hidden = self.transformer_backbone(inputs_embeds=seq, attention_mask=mask).last_hidden_state
         out = self.project_out(hidden + basal if self.spec.predict_residual else hidden)
+        if self.skip_gate is not None:
+            out = out + SKIP_SCALE * self.skip_gate * (ctrl - self.project_out(basal))
         return torch.relu(out) if self.spec.output_relu else out
 
 

@@ -10,7 +10,7 @@ def default_space(variant: Variant) -> dict[str, SweepParam]:
     """LoRA rank and learning rate; velocity lambda for the velocity variants."""
     space = {
         "model.lora.r": SweepParam(type="categorical", choices=(4, 8, 16, 32, 64)),
-        "trainer.lr": SweepParam(type="float", low=1e-5, high=1e-3, log=True),
+        "trainer.lr": SweepParam(type="float", low=2e-4, high=1e-2, log=True),
     }
     if variant.velocity:
         space["model.velocity.lambda"] = SweepParam(type="float", low=1e-3, high=1.0, log=True)

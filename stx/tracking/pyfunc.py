@@ -42,16 +42,20 @@ with warnings.catch_warnings(record=True):
             frame = pd.DataFrame(model_input) if isinstance(model_input, dict) else model_input
             if "condition" not in frame:
                 raise StxError("model input needs a 'condition' column with the target condition of each row")
+            inputs = [name for name, _ in self.package.model.spec.covariates]
             if "embedding" in frame:
                 emb = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
             else:
-                emb = frame.drop(columns=[c for c in ("condition", "batch") if c in frame]).to_numpy(np.float32)
+                other = [c for c in ("condition", "batch", *inputs) if c in frame]
+                emb = frame.drop(columns=other).to_numpy(np.float32)
             out = np.zeros_like(emb)
             conditions = frame["condition"].astype(str).to_numpy()
             batches = frame["batch"].astype(str).to_numpy() if "batch" in frame else None
             for condition in np.unique(conditions):
                 rows = conditions == condition
-                out[rows] = self.package.predict(emb[rows], condition, None if batches is None else batches[rows])
+                covariates = {name: frame[name].to_numpy()[rows] for name in inputs if name in frame}
+                out[rows] = self.package.predict(emb[rows], condition, None if batches is None else batches[rows],
+                                                 covariates=covariates)
             return pd.DataFrame(out, index=frame.index)
 
 

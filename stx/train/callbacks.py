@@ -52,24 +52,46 @@ class StepTimer(L.Callback):
 
 
 class FlushMetrics(L.Callback):
-    """Sends buffered metrics to the store every `every` steps and at the end."""
+    """Sends buffered metrics to the store every `every` steps and at the end, and stops a
+    run whose loss has become NaN or infinite (checked at each flush, where the values are
+    on the host anyway: no extra device sync per step)."""
 
-    def __init__(self, buffer: MetricBuffer, every: int):
+    def __init__(self, buffer: MetricBuffer, every: int, watch: tuple[str, ...] = ("train/loss", "val/loss")):
         self.buffer = buffer
         self.every = every
+        self.watch = watch
+        self._checked = dict.fromkeys(watch, 0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
                            batch: object, batch_idx: int) -> None:
         if trainer.is_global_zero and trainer.global_step % self.every == 0:
             self.buffer.flush()
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged at the first non-finite watched value since the last check."""
+        import math
+
+        from stx.errors import TrainingDiverged
+
+        for key in self.watch:
+            history = self.buffer.history.get(key, [])
+            for step, value in history[self._checked[key]:]:
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged at step {step}: {key} is {value}; lower trainer.lr, keep "
+                        f"trainer.grad_clip on, or check the embeddings for extreme values")
+            self._checked[key] = len(history)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not trainer.sanity_checking:
             self.buffer.flush()
+            self.check_finite()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.buffer.flush()
+            self.check_finite()
 
 
 class MHCMonitor(L.Callback):

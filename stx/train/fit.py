@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
 from stx.config import TrainerConfig
+from stx.data.covariates import CovariatePlan
 from stx.data.load import CellTable
 from stx.data.sampler import SetSampler
 from stx.data.split import TRAIN, VAL, Split
@@ -109,6 +110,20 @@ def check_memory(tcfg: TrainerConfig, hidden: int, layers: int, heads: int) -> N
                        f"free: lower trainer.batch_size or trainer.cell_set_len")
 
 
+def _final_validation(trainer: L.Trainer, system: STSystem, batches: list, ckpt_dir: Path,
+                      best_path: Path | None) -> Path | None:
+    """Validate at the last step when the interval did not land on it; keep it if it is the best."""
+    loss, energy = system.validate_now(batches)
+    improved = float(loss) < system.best_val
+    if trainer.is_global_zero:
+        system.record_validation(loss, energy, trainer.global_step)
+        system.buffer.flush()
+    if improved:
+        best_path = ckpt_dir / "best.ckpt"
+        trainer.save_checkpoint(best_path)
+    return best_path
+
+
 @dataclass(frozen=True)
 class FitResult:
     """Where the checkpoints are and how long training took."""
@@ -127,17 +142,30 @@ def precision_for(setting: str) -> str:
     return "32-true" if setting == "32" else setting
 
 
+@dataclass(frozen=True)
+class SetSource:
+    """How sets are drawn besides the trainer settings: whose velocity travels with them, the
+    covariate inputs, and whether held-out groups get target-free sets for the velocity prior."""
+
+    velocity_source: str = "control"
+    covariates: CovariatePlan = field(default_factory=CovariatePlan)
+    unseen_tasks: bool = False
+
+
 def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig,
-                 velocity_source: str = "control") -> tuple[DataLoader, DataLoader | None]:
-    """The training stream and the fixed validation batches."""
+                 source: SetSource | None = None) -> tuple[DataLoader, DataLoader | None]:
+    """The training stream and the fixed validation batches (validation never draws
+    target-free sets, so val/energy_loss means the same for every variant)."""
+    source = source or SetSource()
     train = SetSampler(table, split.mask(TRAIN), tcfg.batch_size, tcfg.cell_set_len, seed=tcfg.seed,
-                       velocity_source=velocity_source)
+                       velocity_source=source.velocity_source, covariates=source.covariates,
+                       unseen_tasks=source.unseen_tasks)
     train_loader = DataLoader(SetStream(train, tcfg.seed), batch_size=None, num_workers=0)
     val_loader = None
     if np.any(split.mask(VAL)):
         try:
             val = SetSampler(table, split.mask(VAL), tcfg.batch_size, tcfg.cell_set_len, seed=10_000 + tcfg.seed,
-                             velocity_source=velocity_source)
+                             velocity_source=source.velocity_source, covariates=source.covariates)
             val_loader = DataLoader(val.fixed_batches(tcfg.val_batches), batch_size=None, num_workers=0)
         except ValueError:
             log.warning("the validation split has no group with both control and perturbed cells: "
@@ -148,11 +176,12 @@ def make_loaders(table: CellTable, split: Split, tcfg: TrainerConfig,
 def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, out_dir: Path,
         devices: int | None = None, resume_from: Path | None = None, progress: bool = True,
         monitor: bool = True, extra_callbacks: tuple[L.Callback, ...] = (),
-        velocity_source: str = "control") -> FitResult:
+        source: SetSource | None = None) -> FitResult:
     """Train `system` for `tcfg.max_steps` steps; checkpoints go to `out_dir/checkpoints`.
 
-    `monitor=False` drops the grad-norm, timing and flushing callbacks (benchmarks measure
-    their cost this way).
+    Validation runs every `tcfg.val_every_n_steps` and always once more at the last step,
+    so every run, however short, ends with a `val/loss`. `monitor=False` drops the
+    grad-norm, timing and flushing callbacks (benchmarks measure their cost this way).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -161,7 +190,10 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
         logging.getLogger(name).setLevel(logging.WARNING)
     backbone = system.model.transformer_backbone.config
     check_memory(tcfg, backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads)
-    train_loader, val_loader = make_loaders(table, split, tcfg, velocity_source)
+    if tcfg.lr_warmup_steps >= tcfg.max_steps:
+        log.warning("trainer.lr_warmup_steps (%d) >= trainer.max_steps (%d): the learning rate never reaches "
+                    "trainer.lr", tcfg.lr_warmup_steps, tcfg.max_steps)
+    train_loader, val_loader = make_loaders(table, split, tcfg, source)
     system.stream = train_loader.dataset  # its random state goes into every checkpoint
     ckpt_dir = out_dir / "checkpoints"
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
@@ -188,7 +220,7 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
         devices=n_devices,
         strategy=strategy,
         precision=precision_for(tcfg.precision),
-        gradient_clip_val=tcfg.grad_clip,
+        gradient_clip_val=tcfg.grad_clip or None,
         val_check_interval=tcfg.val_every_n_steps if val_loader is not None else None,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
@@ -211,7 +243,9 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+    if val_loader is not None and system.last_val_step != trainer.global_step:
+        best_path = _final_validation(trainer, system, list(val_loader), ckpt_dir, best_path)
     wall = time.perf_counter() - start
     last = ckpt_dir / "last.ckpt"
-    best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
     return FitResult(last if last.exists() else None, best_path, system.best_val, wall, trainer.global_step)

@@ -26,10 +26,16 @@ AuxLoss = Callable[[torch.Tensor, dict[str, torch.Tensor], int], tuple[torch.Ten
 
 @dataclass(frozen=True)
 class LossTerm:
-    """A named auxiliary loss added to the energy distance."""
+    """A named auxiliary loss added to the energy distance.
+
+    Every `grad_ratio_every` steps (0: never) the system logs `train/<name>_grad_ratio`, the
+    norm of this term's gradient over the energy loss's, on the trainable parameters: whether
+    the term does anything at all.
+    """
 
     name: str
     fn: AuxLoss
+    grad_ratio_every: int = 0
 
 
 def no_decay(name: str, param: nn.Parameter) -> bool:
@@ -59,6 +65,8 @@ class STSystem(L.LightningModule):
         self.buffer = buffer
         self.aux = aux
         self._val_losses: list[torch.Tensor] = []
+        self._val_energy: list[torch.Tensor] = []
+        self.last_val_step = -1
         self.best_val = float("inf")
         self.stream = None  # the training SetStream, set by fit()
 
@@ -81,41 +89,88 @@ class STSystem(L.LightningModule):
         """Predicted perturbed embeddings [B, S, D]."""
         return self.model(batch)
 
-    def shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its named terms for one batch."""
+    def shared_step(self, batch: dict[str, torch.Tensor],
+                    parts: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its named terms for one batch (`parts` receives each term's value
+        with its graph, for the gradient ratios)."""
         pred = self.model(batch)
-        energy = energy_loss(pred, batch[keys.PERT_CELL_EMB])
+        energy = energy_loss(pred, batch[keys.PERT_CELL_EMB], batch.get(keys.HAS_TARGET))
         terms = {"energy_loss": energy}
         total = energy
         for term in self.aux:
             value, extra = term.fn(pred, batch, self.global_step)
             total = total + value
             terms.update(extra)
+            if parts is not None:
+                parts[term.name] = value
         terms["loss"] = total
+        if parts is not None:
+            parts["energy"] = energy
         return total, terms
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, terms = self.shared_step(batch)
         step = self.global_step
+        sampled = [t for t in self.aux if t.grad_ratio_every and step % t.grad_ratio_every == 0]
+        parts: dict[str, torch.Tensor] | None = {} if sampled else None
+        loss, terms = self.shared_step(batch, parts)
+        if sampled:
+            terms.update(self._grad_ratios(parts, sampled))
         if self.trainer.is_global_zero:
             self.buffer.add_many({f"train/{k}": v for k, v in terms.items()}, step)
             self.buffer.add("lr", self.optimizers().param_groups[0]["lr"], step)
         return loss
 
+    def _grad_ratios(self, parts: dict[str, torch.Tensor], terms: list[LossTerm]) -> dict[str, torch.Tensor]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+
+        def norm(value: torch.Tensor) -> torch.Tensor:
+            if not value.requires_grad:
+                return torch.zeros((), device=value.device)
+            grads = [g for g in torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+                     if g is not None]
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else \
+                torch.zeros((), device=value.device)
+
+        energy = norm(parts["energy"]).clamp_min(1e-12)
+        return {f"{t.name}_grad_ratio": (norm(parts[t.name]) / energy).detach() for t in terms}
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, _ = self.shared_step(batch)
+        loss, terms = self.shared_step(batch)
         self._val_losses.append(loss.detach())
+        self._val_energy.append(terms["energy_loss"].detach())
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_losses:
             return
         value = torch.stack(self._val_losses).mean()
+        energy = torch.stack(self._val_energy).mean()
         self._val_losses.clear()
+        self._val_energy.clear()
         # reduced across ranks so every process agrees on the best checkpoint
         self.log("val/loss", value, sync_dist=True, prog_bar=True, logger=False)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self.buffer.add("val/loss", value, self.global_step)
-            self.best_val = min(self.best_val, float(value))
+            self.record_validation(value, energy, self.global_step)
+
+    def record_validation(self, loss: torch.Tensor, energy: torch.Tensor, step: int) -> None:
+        """Log one validation: `val/loss` (the optimised objective) and `val/energy_loss`
+        (the energy term alone, comparable across variants)."""
+        self.buffer.add_many({"val/loss": loss, "val/energy_loss": energy}, step)
+        self.best_val = min(self.best_val, float(loss))
+        self.last_val_step = step
+
+    @torch.no_grad()
+    def validate_now(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(val/loss, val/energy_loss) over `batches`, in eval mode, outside Lightning's loop."""
+        was_training = self.model.training
+        self.model.eval()
+        losses, energies = [], []
+        for batch in batches:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            loss, terms = self.shared_step(batch)
+            losses.append(loss)
+            energies.append(terms["energy_loss"])
+        self.model.train(was_training)
+        return torch.stack(losses).mean(), torch.stack(energies).mean()
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's contract
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -129,15 +184,17 @@ class STSystem(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def velocity_term(vcfg: VelocityConfig, use_magnitude: bool) -> LossTerm:
-    """`w(t) lambda (1 - cos(shift, v)) + mu | |shift| - beta |v| |` with w(t) = min(1, t / warmup)."""
+def velocity_term(vcfg: VelocityConfig, use_magnitude: bool, control_index: int = 0) -> LossTerm:
+    """`w(t) lambda (1 - cos(shift, v)) + mu | |shift| - beta |v| |` with w(t) = min(1, t / warmup),
+    on perturbed sets only: a control->control set's right shift is zero, not the velocity."""
     from stx.model.losses import velocity_alignment, warmup_weight
 
     mu = vcfg.mu if use_magnitude else 0.0
 
     def fn(pred: torch.Tensor, batch: dict[str, torch.Tensor], step: int):
         parts = velocity_alignment(pred - batch[keys.CTRL_EMB], batch[keys.VELOCITY], batch[keys.VELOCITY_WEIGHT],
-                                   min_confidence=vcfg.min_confidence, beta=vcfg.beta, reduce=vcfg.reduce)
+                                   min_confidence=vcfg.min_confidence, beta=vcfg.beta, reduce=vcfg.reduce,
+                                   sets=batch[keys.PERT_INDEX] != control_index)
         w = warmup_weight(step, vcfg.warmup_steps)
         value = w * vcfg.lambda_ * parts["direction"] + mu * parts["magnitude"]
         return value, {
@@ -148,4 +205,4 @@ def velocity_term(vcfg: VelocityConfig, use_magnitude: bool) -> LossTerm:
             "velocity_coverage": parts["coverage"],
         }
 
-    return LossTerm("velocity", fn)
+    return LossTerm("velocity", fn, vcfg.grad_ratio_every)

@@ -27,15 +27,32 @@ def coefficient_of_variation(values: list[float] | np.ndarray) -> float:
     return float(x.std() / x.mean())
 
 
-def stability_summary(grad_norms: list[float], losses: list[float]) -> dict[str, float]:
-    """The end-of-run metrics `grad_norm/{median,max,cv,spikes}` and `loss/spikes`."""
+def stability_summary(grad_norms: list[float], losses: list[float], clip: float = 0.0) -> dict[str, float]:
+    """The end-of-run metrics `grad_norm/{median,max,cv,spikes}`, `loss/spikes` and, with
+    gradient clipping on, `grad_norm/clipped_frac` (share of steps whose gradient was clipped)."""
     g = np.asarray(grad_norms, dtype=float)
     if len(g) == 0:
         return {}
-    return {
+    clipped = {"grad_norm/clipped_frac": float(np.mean(g > clip))} if clip > 0 else {}
+    return {**clipped, **loss_rebound(losses),
         "grad_norm/median": float(np.nanmedian(g)),
         "grad_norm/max": float(np.nanmax(g)),
         "grad_norm/cv": coefficient_of_variation(g),
         "grad_norm/spikes": float(count_spikes(g)),
         "loss/spikes": float(count_spikes(losses)),
     }
+
+
+def loss_rebound(losses: list[float] | np.ndarray, window: int = 20) -> dict[str, float]:
+    """`loss/rebound`: the mean loss of the last 10% of steps over the lowest `window`-step
+    running mean reached before. About 1 (or below) for a run that kept improving; a run
+    that collapsed after a good start (the energy loss is bounded, so it rises about 2x
+    without ever "spiking" 5x) scores 2 or more."""
+    x = np.asarray(losses, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2 * window:
+        return {}
+    running = np.convolve(x, np.ones(window) / window, mode="valid")
+    tail = x[-max(window, len(x) // 10):]
+    best = float(running.min())
+    return {"loss/rebound": float(tail.mean() / best)} if best > 0 else {}

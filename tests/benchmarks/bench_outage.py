@@ -38,7 +38,7 @@ def main() -> None:
         tmp = Path(tmp)
         write_demo(tmp / "demo.h5ad", n_cells=1500, seed=1)
         (tmp / "config.toml").write_text(f'[datasets]\ndemo = "{tmp / "demo.h5ad"}"\n[data]\nembed_key = "X_state"\n'
-                                         'time_col = "day"\n')
+                                         'time_col = "day"\nmin_group_cells = 3\n')
         port = free_port()
         uri = f"http://127.0.0.1:{port}"
         server_cmd = mlflow_server_cmd(f"sqlite:///{tmp}/server.db", tmp / "artifacts", port)

@@ -9,7 +9,10 @@ Prints
      (goal <= 1.03); the two configurations alternate in blocks to share the machine's noise;
  (b) when STX_BENCH_ARC_STATE names a Python with arc-state installed: stx's median step
      time (forward, energy loss, backward, AdamW) divided by arc-state's for the same model
-     size, batch and set length (goal <= 1.0).
+     size, batch and set length (goal <= 1.0);
+ (c) the trainable fraction of a lora variant at ST-Tahoe size (hidden 1440, 4 layers,
+     12 x 120 heads, MLP 4416, 2,000-dim input), with the output head trained (the
+     default) and frozen (model.lora.train_head = false).
 """
 
 from __future__ import annotations
@@ -94,6 +97,40 @@ def _stx_plain_steps(steps: int, b: int, s: int, d: int, p: int) -> float:
     return statistics.median(times[5:])
 
 
+def tahoe_trainable_fraction(train_head: bool) -> float:
+    """trainable / total parameters of lora at ST-Tahoe size (perturbation encoder and time input included)."""
+    from stx.config import LoraConfig
+    from stx.model.lora import apply_lora, freeze_for_finetuning
+    from stx.model.st import ModelSpec, StateTransition, count_parameters
+
+    spec = ModelSpec(input_dim=2000, output_dim=2000, hidden_dim=1440, pert_names=("ctrl", "Burn"), dropout=0.0,
+                     covariates=(("day", ("10", "14", "19")),),
+                     backbone={"intermediate_size": 4416, "num_hidden_layers": 4, "num_attention_heads": 12,
+                               "num_key_value_heads": 12, "head_dim": 120, "vocab_size": 32})
+    with torch.device("meta"):  # counting needs shapes, not 120 M initialised weights
+        model = StateTransition(spec)
+    apply_lora(model, LoraConfig())
+    freeze_for_finetuning(model, train_head=train_head)
+    trainable, total = count_parameters(model)
+    return trainable / total
+
+
+def tahoe_lora_share() -> float:
+    """LoRA adapter parameters / backbone parameters at ST-Tahoe size (the study's "~1.7%")."""
+    from stx.config import LoraConfig
+    from stx.model.lora import apply_lora
+    from stx.model.st import ModelSpec, StateTransition
+
+    spec = ModelSpec(input_dim=2000, output_dim=2000, hidden_dim=1440, pert_names=("ctrl", "Burn"), dropout=0.0,
+                     backbone={"intermediate_size": 4416, "num_hidden_layers": 4, "num_attention_heads": 12,
+                               "num_key_value_heads": 12, "head_dim": 120, "vocab_size": 32})
+    with torch.device("meta"):
+        model = StateTransition(spec)
+    base = sum(p.numel() for n, p in model.transformer_backbone.named_parameters() if "embed_tokens" not in n)
+    apply_lora(model, LoraConfig())
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) / base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="stx training-step benchmark")
     parser.add_argument("--steps", type=int, default=300)
@@ -114,6 +151,10 @@ def main() -> None:
 
     arc = os.environ.get("STX_BENCH_ARC_STATE")
     b, s, d, p = cfg.trainer.batch_size, cfg.trainer.cell_set_len, table.spec.embed_dim, 13
+    with_head, frozen = tahoe_trainable_fraction(True), tahoe_trainable_fraction(False)
+    print(f"(c) ST-Tahoe size, LoRA r16 on attention + MLP: adapters {100 * tahoe_lora_share():.2f}% of the backbone; "
+          f"trainable share of the whole model {100 * with_head:.2f}% with the output head trained (default), "
+          f"{100 * frozen:.2f}% with it frozen (both include the rebuilt perturbation encoder)")
     if not arc:
         print("(b) skipped: set STX_BENCH_ARC_STATE to a Python with arc-state installed")
         return

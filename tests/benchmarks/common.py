@@ -58,25 +58,37 @@ def demo(overrides: list[str]) -> tuple[Config, CellTable, Split]:
     return cfg, table, make_split(table, cfg)
 
 
+def model_for(cfg: Config, table: CellTable, variant: str) -> torch.nn.Module:
+    """The model `stx run` would train (covariate inputs included)."""
+    from stx.data.covariates import plan_covariates
+
+    return build_model(cfg, resolve_variant(variant), table, plan_covariates(table, cfg))
+
+
 def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Path,
               sink=None, monitor: bool = False) -> float:
     """Median step time (s) of one training run of `variant`."""
-    model = build_model(cfg, resolve_variant(variant), table)
+    from stx.data.covariates import plan_covariates
+    from stx.train.fit import SetSource
+
+    model = model_for(cfg, table, variant)
     clock = Clock()
     buffer = MetricBuffer(sink=sink, background=sink is not None)  # as stx run sends them
     system = STSystem(model, cfg.trainer, buffer)
-    fit(system, table, split, cfg.trainer, out, progress=False, monitor=monitor, extra_callbacks=(clock,))
+    fit(system, table, split, cfg.trainer, out, progress=False, monitor=monitor, extra_callbacks=(clock,),
+        source=SetSource(covariates=plan_covariates(table, cfg)))
     buffer.close(timeout=60)
     return clock.median_step()
 
 
 def activation_bytes(cfg: Config, table: CellTable, split: Split, variant: str) -> int:
     """Bytes of tensors autograd saves for backward in one training step (activation memory)."""
-    from stx.train.fit import make_loaders
+    from stx.data.covariates import plan_covariates
+    from stx.train.fit import SetSource, make_loaders
 
-    model = build_model(cfg, resolve_variant(variant), table)
+    model = model_for(cfg, table, variant)
     system = STSystem(model, cfg.trainer, MetricBuffer())
-    batch = next(iter(make_loaders(table, split, cfg.trainer)[0]))
+    batch = next(iter(make_loaders(table, split, cfg.trainer, SetSource(covariates=plan_covariates(table, cfg)))[0]))
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

@@ -1,53 +1,100 @@
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pandas as pd
 import pytest
 
 from stx.compare.query import RunRecord, cast_params, check_same_data
-from stx.compare.tables import better, comparison_table, mean_ci, to_markdown
+from stx.compare.stats import NO_CLEAR, bootstrap, score, verdict
+from stx.compare.tables import build_rows, comparison_table, differences, summary_lines, to_markdown
 from stx.errors import StxError
 
-
-def _record(variant, run_id, sha="a", **metrics):
-    return RunRecord(run_id, variant, "1", sha, metrics, {}, {}, "")
+GROUPS = [("Burn", ct, d) for ct in ("A", "B", "C") for d in ("1", "2")]
 
 
-def test_mean_ci():
-    mean, low, high = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and low == pytest.approx(2 - 4.303 * 1 / math.sqrt(3), rel=1e-3) and high > 3
-    assert math.isnan(mean_ci([5.0])[1]) and math.isnan(mean_ci([])[0])
+def _record(variant, run_id, seed=0, sha="a"):
+    return RunRecord(run_id, variant, "1", sha, {"val/energy_loss": 1.0}, {"trainer.seed": seed}, {}, "")
 
 
-def test_better_knows_each_metrics_direction():
-    assert better("energy_ratio", 0.2, 0.5) and not better("energy_ratio", 0.5, 0.2)
-    assert better("magnitude_ratio", 1.1, 0.7) and not better("magnitude_ratio", 1.6, 0.7)
-    assert better("pearson_delta", 0.8, 0.5)
-    assert not better("pearson_delta", float("nan"), 0.5)
+def _frame(values, predictor="model", small=None):
+    rows = []
+    for i, (p, ct, d) in enumerate(GROUPS):
+        rows.append({"perturbation": p, "cell_type": ct, "day": d, "small": bool(small and i in small),
+                     "heldout": False, "predictor": predictor, "energy_ratio": values[i],
+                     "pearson_delta": 1 - values[i], "magnitude_ratio": 1.0})
+    return pd.DataFrame(rows)
 
 
-def test_table_with_seeds_and_references():
-    records = [
-        _record("baseline", "b", **{"eval/pearson_delta": 0.2, "eval/energy_ratio": 0.9,
-                                    "ref/mean_shift/pearson_delta": 0.5, "ref/mean_shift/energy_ratio": 0.6}),
-        *[_record("lora", f"l{i}", **{"eval/pearson_delta": v, "eval/energy_ratio": 0.25, "val/loss": 1.0,
-                                      "ref/mean_shift/pearson_delta": 0.5, "ref/mean_shift/energy_ratio": 0.6})
-          for i, v in enumerate((0.7, 0.8, 0.9))],
-    ]
-    by_group = {"b": pd.DataFrame({"pearson_delta": [0.1, 0.3], "energy_ratio": [0.8, 1.0]})}
-    table = comparison_table(records, by_group).set_index("variant")
-    assert list(table.index) == ["baseline", "lora", "mean_shift"]
-    assert table.loc["lora", "n_runs"] == 3 and table.loc["lora", "ci_over"] == "seeds"
-    assert table.loc["lora", "pearson_delta"] == pytest.approx(0.8)
-    assert table.loc["baseline", "ci_over"] == "groups" and table.loc["baseline", "pearson_delta"] == pytest.approx(0.2)
-    assert table.loc["lora", "pearson_delta_vs_baseline"] == pytest.approx(0.6)
-    assert table.loc["lora", "pearson_delta_vs_mean_shift"] == pytest.approx(0.3)
-    assert table.loc["lora", "beats_mean_shift_energy_ratio"] and not table.loc["baseline", "beats_mean_shift_energy_ratio"]
-    assert "pearson_delta" in table.loc["lora", "targets_met"] and "energy_ratio" in table.loc["lora", "targets_met"]
-    assert table.loc["baseline", "targets_met"] == "none"
-    text = to_markdown(table.reset_index())
-    assert "| lora | 3 (seeds) |" in text and "beats baseline" in text
+def test_bootstrap_covers_the_mean_and_resamples_both_levels():
+    rng = np.random.default_rng(0)
+    m = rng.normal(0.5, 0.1, (1, 40))
+    one = bootstrap(m)
+    assert one.low < one.mean < one.high and one.n_seeds == 1 and one.n_groups == 40
+    assert one.high - one.low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(40), rel=0.3)
+    # seeds that disagree widen the interval even when every group agrees within a seed
+    seeds = np.array([[0.2] * 10, [0.8] * 10, [0.5] * 10])
+    wide = bootstrap(seeds)
+    assert wide.high - wide.low > 0.3
+    assert np.isnan(bootstrap(np.array([[0.3]])).low)  # one value: no interval
+    assert bootstrap(np.array([[np.nan, 1.0, 3.0]])).mean == 2.0
+
+
+def test_scores_and_verdicts():
+    assert score("energy_ratio", np.array([0.2]))[0] == -0.2
+    assert score("magnitude_ratio", np.array([0.8, 1.3])).tolist() == pytest.approx([-0.2, -0.3])
+    assert verdict(bootstrap(np.full((2, 5), 0.1) + np.arange(5) * 0.01)) == "better"
+    assert verdict(bootstrap(-np.full((2, 5), 0.1) - np.arange(5) * 0.01)) == "worse"
+    assert verdict(bootstrap(np.array([[-0.1, 0.1, -0.1, 0.1]]))) == NO_CLEAR
+
+
+def _rows(lora_values, velocity_values, mean_shift):
+    records, by_run = [], {}
+    for i, values in enumerate(lora_values):
+        records.append(_record("lora", f"l{i}", seed=i))
+        by_run[f"l{i}"] = pd.concat([_frame(values), _frame(mean_shift, "mean_shift"),
+                                     _frame([0.1] * 6, "truth")])
+    for i, values in enumerate(velocity_values):
+        records.append(_record("lora-velocity", f"v{i}", seed=i))
+        by_run[f"v{i}"] = _frame(values)
+    return build_rows(records, by_run)
+
+
+def test_rows_intervals_and_paired_verdicts():
+    lora = [[0.30, 0.32, 0.28, 0.31, 0.29, 0.30], [0.31, 0.33, 0.29, 0.30, 0.30, 0.31]]
+    velocity = [[v - 0.05 for v in lora[0]], [v - 0.05 for v in lora[1]]]
+    rows = _rows(lora, velocity, [0.5, 0.2, 0.6, 0.1, 0.7, 0.3])
+    assert [r.name for r in rows] == ["lora", "lora-velocity", "mean_shift", "truth"]
+    table = comparison_table(rows).set_index("row")
+    assert table.loc["lora", "energy_ratio"] == pytest.approx(np.mean(lora))
+    assert table.loc["mean_shift", "kind"] == "reference"
+    # the deterministic reference still gets an interval from its groups, like every row
+    assert table.loc["mean_shift", "energy_ratio_low"] < table.loc["mean_shift", "energy_ratio_high"]
+    diffs = differences(rows)
+    pair = diffs[(diffs.row == "lora-velocity") & (diffs.versus == "lora") & (diffs.metric == "energy_ratio")].iloc[0]
+    assert pair["delta"] == pytest.approx(0.05) and pair["verdict"] == "better" and pair["seeds"] == 2
+    # mean_shift's groups vary a lot: lora's lower mean is not a clear win over it
+    ms = diffs[(diffs.row == "lora") & (diffs.versus == "mean_shift") & (diffs.metric == "energy_ratio")].iloc[0]
+    assert ms["verdict"] == NO_CLEAR
+    text = to_markdown(comparison_table(rows), diffs)
+    assert "| mean_shift | reference |" in text and NO_CLEAR in text
+    lines = summary_lines(comparison_table(rows), diffs)
+    assert any(line.startswith("lora-velocity:") and "vs lora: better on energy_ratio" in line for line in lines)
+    assert not any("vs mean_shift: better" in line for line in lines if line.startswith("lora:"))
+
+
+def test_small_groups_are_left_out_of_the_means():
+    records = [_record("lora", "l0")]
+    frame = _frame([0.3, 0.3, 0.3, 0.3, 0.3, 9.0])
+    frame.loc[5, "small"] = True
+    table = comparison_table(build_rows(records, {"l0": frame})).set_index("row")
+    assert table.loc["lora", "energy_ratio"] == pytest.approx(0.3) and table.loc["lora", "n_groups"] == 5
+
+
+def test_single_seed_differences_are_marked():
+    rows = _rows([[0.3] * 6], [[0.2] * 6], [0.5] * 6)
+    diffs = differences(rows)
+    assert (diffs["seeds"] == 1).all()
+    assert "(1 seed)" in to_markdown(comparison_table(rows), diffs)
 
 
 def test_mixed_data_sets_are_refused_unless_allowed():

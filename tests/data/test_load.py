@@ -85,7 +85,7 @@ def test_bad_data_is_reported(demo_adata, tmp_path, write_config, how, message):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('[data]\nembed_key = "X_pca"', "obsm['X_pca'] not found (data.embed_key); available: X_state, truth_velocity"),
+        ('[data]\nembed_key = "X_pca"', "obsm['X_pca'] not found (data.embed_key); available: X_state, truth_noise_free"),
         ('[data]\npert_col = "conditon"', "obs column 'conditon' not found (data.pert_col); did you mean 'condition'?"),
         ('[data]\ncell_type_key = "celltype"', "obs column 'celltype' not found (data.cell_type_key)"),
         ('[data]\ntime_col = "timepoint"', "obs column 'timepoint' not found (data.time_col)"),

@@ -74,3 +74,33 @@ def test_empty_selection_is_an_error(table_and_split):
     table, _ = table_and_split
     with pytest.raises(ValueError, match="no \\(group, perturbation\\)"):
         SetSampler(table, np.zeros(table.n_cells, bool), 2, 4)
+
+
+def test_time_input_and_extra_covariates_travel_with_the_sets(table_and_split):
+    from stx.data.covariates import CovariatePlan
+
+    table, split = table_and_split
+    plan = CovariatePlan(("day",), (table.spec.days,), time=True)
+    sampler = SetSampler(table, split.mask(TRAIN), batch_size=16, cell_set_len=8, seed=1, covariates=plan)
+    batch = sampler.sample()
+    cov = batch[keys.COVARIATES]
+    assert cov.shape == (16, 8, 1)
+    # the time input of every cell is its set's (target) time point
+    assert (cov[..., 0] == batch[keys.DAY_INDEX][:, None]).all()
+    assert (torch.from_numpy(table.day)[batch[keys.CTRL_CELL_INDEX]] == cov[..., 0]).all()
+
+
+def test_unseen_groups_get_target_free_sets_only_when_asked(table_and_split):
+    from stx.data.split import heldout_group_codes
+
+    table, split = table_and_split
+    held = heldout_group_codes(table, ("Fib:14",))
+    mask = split.mask(TRAIN) & ~(np.isin(table.group, list(held)) & (table.pert != table.spec.control_index))
+    plain = SetSampler(table, mask, batch_size=64, cell_set_len=8, seed=0)
+    assert plain.sample()[keys.HAS_TARGET].all()
+    prior = SetSampler(table, mask, batch_size=256, cell_set_len=8, seed=0, unseen_tasks=True)
+    batch = prior.sample()
+    free = ~batch[keys.HAS_TARGET]
+    assert free.any() and (batch[keys.PERT_INDEX][free] != table.spec.control_index).all()
+    group = torch.from_numpy(table.group)[batch[keys.CTRL_CELL_INDEX][free]]
+    assert set(group.unique().tolist()) == set(held)

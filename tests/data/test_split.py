@@ -78,3 +78,24 @@ def test_test_role_dataset_is_entirely_held_out(demo_adata, tmp_path):
     frame = split.frame(table)
     assert list(frame.columns) == ["obs_name", "dataset", "split"]
     assert set(frame.loc[frame.dataset == "b", "split"]) == {"test"}
+
+
+def test_heldout_groups_send_their_perturbed_cells_to_test(demo_path, tmp_path):
+    from stx.data.split import TEST, heldout_group_codes
+    from stx.errors import DataError
+
+    path = tmp_path / "c.toml"
+    path.write_text(f'[datasets]\nd = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n'
+                    'heldout_groups = ["Fib:14", "Mac"]\n')
+    cfg = load_config(path)
+    table = load_cells(cfg)
+    split = make_split(table, cfg)
+    held = heldout_group_codes(table, cfg.data.heldout_groups)
+    assert len(held) == 4 and split.heldout == held
+    in_held = np.isin(table.group, list(held))
+    burn = table.pert != table.spec.control_index
+    assert (split.codes[in_held & burn] == TEST).all()
+    assert (split.codes[in_held & ~burn] != TEST).any()  # their controls are split as usual
+    for bad, message in (("Foo", "cell type 'Foo'"), ("Fib:99", "time '99'")):
+        with pytest.raises(DataError, match=message):
+            heldout_group_codes(table, (bad,))

@@ -130,7 +130,7 @@ def test_run_and_sweep_against_the_server(stack, demo_path):
     from mlflow import MlflowClient
 
     config = stack["tmp"] / "config.toml"
-    config.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n')
+    config.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\nmin_group_cells = 3\n')
     run = _stx(stack, "run", "--variant", "lora", "--config", str(config), *FAST, "--experiment", "team")
     assert run.returncode == 0, run.stderr[-3000:]
     sweep = _stx(stack, "sweep", "--variant", "lora", "--n-trials", "2", "--workers", "2", "--config", str(config),

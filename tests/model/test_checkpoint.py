@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +104,51 @@ def test_embedding_width_mismatch_names_both_numbers(tmp_path):
 def test_copy_of_stx_mini_is_loadable_from_a_path(tmp_path):
     shutil.copytree(checkpoint_dir("stx-mini"), tmp_path / "mini")
     assert load_pretrained(str(tmp_path / "mini")).spec.hidden_dim == 128
+
+
+def test_covariate_inputs_start_as_the_pretrained_function_and_learn(tmp_path):
+    from stx.config import LoraConfig
+    from stx.data import keys
+    from stx.model.lora import apply_lora, freeze_for_finetuning
+
+    pretrained = load_pretrained("stx-mini")
+    covariates = (("day", ("10", "14", "19")), ("sex", ("F", "M")))
+    adapted = adapt_to_data(pretrained, _data_spec(dim=64, perts=("DMSO_TF", "Burn")), covariates=covariates,
+                            cell_skip=True)
+    x = {keys.CTRL_EMB: torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0)),
+         keys.PERT_INDEX: torch.tensor([0, 1]), keys.BATCH_INDEX: torch.zeros(2, 8, dtype=torch.long),
+         keys.COVARIATES: torch.tensor([[[2, 1]] * 8, [[0, 0]] * 8])}
+    plain = adapt_to_data(pretrained, _data_spec(dim=64, perts=("DMSO_TF", "Burn")))
+    before = plain.eval()(x)
+    torch.testing.assert_close(adapted.eval()(x), before, atol=1e-6, rtol=0)
+    apply_lora(adapted, LoraConfig(r=4, dropout=0.0))
+    freeze_for_finetuning(adapted)
+    assert all(p.requires_grad for p in adapted.covariate_encoders.parameters())
+    assert adapted.skip_gate.requires_grad and float(adapted.skip_gate.detach().abs().max()) == 0.0
+    adapted(x).pow(2).mean().backward()
+    assert adapted.covariate_encoders[0].weight.grad.abs().max() > 0  # zero at start, yet it learns
+    # the time point now changes the prediction
+    with torch.no_grad():
+        adapted.covariate_encoders[0].weight.normal_()
+    y = adapted.eval()(x)
+    x2 = {**x, keys.COVARIATES: x[keys.COVARIATES].clone()}
+    x2[keys.COVARIATES][..., 0] = 1
+    assert (adapted(x2) - y).abs().max() > 1e-3
+
+
+def test_an_open_cell_skip_predicts_a_change_to_each_cell():
+    from stx.model.st import SKIP_SCALE
+
+    model = adapt_to_data(load_pretrained(str(write_run_dir(tiny(), Path(tempfile.mkdtemp()) / "run",
+                                                             control_pert="ctrl", embed_key="X_state"))),
+                          _data_spec(), cell_skip=True).eval()
+    x = batch()
+    with torch.no_grad():
+        model.skip_gate.fill_(1.0 / SKIP_SCALE)
+        basal = model.basal_encoder(x["ctrl_cell_emb"])
+        hidden = model(x) - x["ctrl_cell_emb"] + model.project_out(basal)
+    # with the gate open: the input cell plus the head's decoding of the backbone's update
+    reference = model.project_out(model.transformer_backbone(inputs_embeds=basal + model.pert_encoder(
+        torch.nn.functional.one_hot(x["pert_index"][:, None].expand(2, 6), 3).float()),
+        attention_mask=torch.zeros(2, 1, 6, 6)).last_hidden_state + basal)
+    torch.testing.assert_close(hidden, reference, atol=1e-5, rtol=1e-5)

@@ -10,19 +10,24 @@ from stx.model.st import count_parameters
 from tests.model.test_st import batch, tiny
 
 
-def test_lora_at_init_equals_pretrained_and_freezes_the_rest():
+@pytest.mark.parametrize("train_head", [False, True])
+def test_lora_at_init_equals_pretrained_and_freezes_the_rest(train_head):
     model = tiny()
     before = model(batch())
     apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
-    freeze_for_finetuning(model)
+    freeze_for_finetuning(model, train_head=train_head)
     model.eval()
     torch.testing.assert_close(model(batch()), before, atol=1e-6, rtol=0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert all("lora_" in n or n.startswith("pert_encoder.") for n in trainable)
+    head = ("project_out.", "transformer_backbone.norm.") if train_head else ()
+    assert all("lora_" in n or n.startswith(("pert_encoder.", *head)) for n in trainable)
+    assert any(n.startswith("project_out.") for n in trainable) == train_head
+    assert ("transformer_backbone.norm.weight" in trainable) == train_head
     n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     # r x (in + out) per adapted projection, 2 layers: q, k, v, o (32 -> 32) and gate, up (32 -> 64), down
     assert n_lora == 2 * 4 * (4 * (32 + 32) + 2 * (32 + 64) + (64 + 32))
-    assert count_parameters(model)[0] == n_lora + sum(p.numel() for p in model.pert_encoder.parameters())
+    n_head = sum(p.numel() for p in model.project_out.parameters()) + 32 if train_head else 0
+    assert count_parameters(model)[0] == n_lora + sum(p.numel() for p in model.pert_encoder.parameters()) + n_head
 
 
 def test_only_trainable_params_move_after_a_step():

@@ -88,11 +88,12 @@ def test_with_lora_mhc_trains_and_symmetry_breaks():
     model.train()
     apply_mhc(model.transformer_backbone, MhcConfig(streams=4, dynamic=True))
     apply_lora(model, LoraConfig(r=4, dropout=0.0))
-    freeze_for_finetuning(model)
+    freeze_for_finetuning(model, train_head=False)  # the head would soak up most of 5 steps' change
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(".mhc.b_res" in n for n in names) and any(".mhc.phi" in n for n in names)
     assert any("lora_A" in n for n in names)
     assert not any(n.endswith("q_proj.base_layer.weight") for n in names)
+    assert not any(".block.input_layernorm" in n for n in names)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     streams = {}
 

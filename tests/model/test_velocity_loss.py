@@ -63,3 +63,32 @@ def test_gradient_reaches_the_shift_only():
 def test_warmup_schedule():
     assert [warmup_weight(s, 1000) for s in (0, 500, 1000, 5000)] == [0.0, 0.5, 1.0, 1.0]
     assert warmup_weight(0, 0) == 1.0
+
+
+def test_velocity_term_skips_control_to_control_sets():
+    from stx.config import VelocityConfig
+    from stx.data import keys
+    from stx.train.module import velocity_term
+
+    term = velocity_term(VelocityConfig(warmup_steps=0, reduce="set", mu=0.0), use_magnitude=False, control_index=0)
+    ctrl = torch.zeros(2, 3, 2)
+    pred = torch.tensor([[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3])  # set 0 along v, set 1 across it
+    batch = {keys.CTRL_EMB: ctrl, keys.VELOCITY: torch.tensor([[[1.0, 0.0]] * 3] * 2),
+             keys.VELOCITY_WEIGHT: torch.ones(2, 3)}
+    both = term.fn(pred, {**batch, keys.PERT_INDEX: torch.tensor([1, 1])}, 10)[0]
+    assert both.item() == pytest.approx(0.1 * 0.5)  # mean of 1 - cos over the two sets
+    # set 1 is a control->control set: its right shift is zero, so it is left out
+    only_first = term.fn(pred, {**batch, keys.PERT_INDEX: torch.tensor([1, 0])}, 10)[0]
+    assert only_first.item() == pytest.approx(0.0)
+    assert term.grad_ratio_every == 50
+
+
+def test_set_reduction_ignores_how_cells_are_ordered_within_a_set():
+    shift = torch.randn(2, 5, 3)
+    v = torch.randn(2, 5, 3)
+    w = torch.ones(2, 5)
+    perm = torch.randperm(5)
+    a = velocity_alignment(shift, v, w, reduce="set")
+    # the model may hand cell i's shift to cell j: the set's mean shift is what training defines
+    b = velocity_alignment(shift[:, perm], v, w, reduce="set", min_confidence=0.0)
+    assert a["direction"].item() == pytest.approx(b["direction"].item(), abs=1e-6)

@@ -10,7 +10,7 @@ def test_default_space_and_velocity_lambda():
     lora = search_space(resolve_variant("lora"), {}, {})
     assert set(lora) == {"model.lora.r", "trainer.lr"}
     assert lora["model.lora.r"].choices == (4, 8, 16, 32, 64)
-    assert lora["trainer.lr"].low == 1e-5 and lora["trainer.lr"].high == 1e-3 and lora["trainer.lr"].log
+    assert lora["trainer.lr"].low == 2e-4 and lora["trainer.lr"].high == 1e-2 and lora["trainer.lr"].log
     velocity = search_space(resolve_variant("velocity"), {}, {})
     assert velocity["model.velocity.lambda"].low == 1e-3 and velocity["model.velocity.lambda"].log
 

@@ -17,7 +17,7 @@ FAST = ["--set", "trainer.max_steps=8", "--set", "trainer.val_every_n_steps=4", 
 @pytest.fixture
 def config(tmp_path, demo_path):
     path = tmp_path / "config.toml"
-    path.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\n'
+    path.write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\ntime_col = "day"\nmin_group_cells = 3\n'
                     '[sweep.params."model.lora.r"]\ntype = "categorical"\nchoices = [2, 4]\n')
     return path
 

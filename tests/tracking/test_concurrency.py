@@ -17,7 +17,7 @@ FAST = ["--set", "trainer.max_steps=30", "--set", "trainer.val_every_n_steps=10"
 
 def test_four_writers_on_a_fresh_store_all_finish(tmp_path, demo_path):
     (tmp_path / "config.toml").write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\n'
-                                          'time_col = "day"\n')
+                                          'time_col = "day"\nmin_group_cells = 3\n')
     # one torch thread each: four processes spinning two threads on two cores are 2.5x slower
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "OMP_NUM_THREADS": "1"}
     assert not (tmp_path / "mlruns").exists()  # the first start creates the tables: all four race for it

@@ -86,7 +86,7 @@ def workdir(tmp_path, demo_path):
     path = tmp_path / "work"
     path.mkdir()
     (path / "config.toml").write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\n'
-                                      'time_col = "day"\n')
+                                      'time_col = "day"\nmin_group_cells = 3\n')
     return path
 
 

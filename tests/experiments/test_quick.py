@@ -1,0 +1,39 @@
+"""The experiment scripts' --quick mode: every world, case and table, end to end, tiny."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, tmp_path: Path) -> str:
+    out = tmp_path / "results.md"
+    env = {**os.environ, "STX_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / script / "run.py"), "--quick", "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out.read_text()
+
+
+@pytest.mark.slow
+def test_velocity_effect_quick(tmp_path):
+    text = _run("velocity_effect", tmp_path)
+    for world in ("velocity-aligned", "velocity-misleading", "burn"):
+        assert f"## World `{world}`" in text
+    assert "| lora-velocity vs lora |" in text and "| lora vs scratch |" in text
+    assert "Wall time on this machine" in text
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()  # every run went to MLflow
+
+
+@pytest.mark.slow
+def test_mhc_stability_quick(tmp_path):
+    text = _run("mhc_stability", tmp_path)
+    assert "## Setting `normal`" in text and "## Setting `stress`" in text
+    assert "| grad_norm/spikes |" in text and "| diverged or collapsed seeds |" in text
