@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stx.compare.stats import NO_CLEAR, verdict
-from stx.compare.tables import Row, paired_difference
+from stx.comparison.stats import NO_CLEAR, verdict
+from stx.comparison.tables import Row, paired_difference
 from stx.config import load_config
 from stx.errors import TrainingDiverged
 from stx.experiment import run_experiment

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -43,20 +42,9 @@ class _Group(click.Group):
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+    from stx.api import setup_logging
 
-    handler = RichHandler(show_path=False, show_time=False, markup=False, rich_tracebacks=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("stx").setLevel(logging.DEBUG if verbose else logging.INFO)
-    # libraries speak only when something is wrong; stx reports progress itself
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # MLflow's own retry warnings would bury stx's one-line error; stx reports store problems itself
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)  # per-retry lines while a server restarts
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    warnings.filterwarnings("ignore", message=r".*(isinstance\(treespec|litlogger|does not have many workers).*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(mlflow|anndata|scanpy).*")
+    setup_logging(verbose)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,66 +106,43 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
     """
     import signal
 
-    from stx.config import load_config
-    from stx.tracking.store import resolve_tracking_uri
-    from stx.variants import STUDY_VARIANTS, resolve_variant
+    from stx import api
+    from stx.variants import resolve_variant
 
+    # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if resume:
         if variant or config_path or overrides or seed is not None:
             raise StxError("--resume continues a run with its own variant and config; pass no --variant, "
                            "--config, --set or --seed with it")
-        from stx.experiment import resume_experiment
-
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        summary = resume_experiment(resume, resolve_tracking_uri(tracking_uri), devices, experiment)
-        click.echo(_run_paragraph(summary))
+        click.echo(_run_paragraph(api.resume(resume, tracking_uri=tracking_uri, experiment=experiment,
+                                             devices=devices)))
         return
     if not variant:
         raise StxError("--variant is required (or --resume RUN_ID to continue a run)")
     if variant != "all":
         resolve_variant(variant)  # an unknown name fails before any data is read
-    elif seeds < 1:
-        raise StxError("--seeds must be at least 1")
-    if seed is not None:
-        overrides = (*overrides, f"trainer.seed={seed}")
-    cfg = load_config(config_path, overrides)
-    uri = resolve_tracking_uri(tracking_uri)
-    from stx.tracking.run import connect
-
-    connect(uri)  # an unreachable store fails now, before any data is read
-    # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    from stx.experiment import run_experiment
-
-    if variant != "all":
-        summary = run_experiment(cfg, variant, uri, experiment=experiment, devices=devices)
+        summary = api.run(variant, config_path, overrides, seed=seed, tracking_uri=tracking_uri,
+                          experiment=experiment, devices=devices)
         if summary is not None:
             click.echo(_run_paragraph(summary))
         return
-    experiment = experiment or cfg.experiment_name()
-    base_seed = cfg.trainer.seed
-    for offset in range(seeds):
-        for name in STUDY_VARIANTS:
-            seeded = load_config(config_path, (*overrides, f"trainer.seed={base_seed + offset}"))
-            summary = run_experiment(seeded, name, uri, experiment=experiment, devices=devices)
-            if summary is not None:
-                click.echo(_run_paragraph(summary))
-    from stx.compare.report import compare as build
-
-    result = build(uri, None, experiment=experiment, runs="all", projection=cfg.tracking.projection)
-    click.echo(_compare_paragraph(result, uri))
+    if seed is not None:
+        overrides = (*overrides, f"trainer.seed={seed}")
+    _, result = api.run_all(config_path, overrides, seeds=seeds, tracking_uri=tracking_uri, experiment=experiment,
+                            devices=devices, on_run=lambda summary: click.echo(_run_paragraph(summary)))
+    click.echo(_compare_paragraph(result, result.tracking_uri))
 
 
 def _run_paragraph(s) -> str:  # noqa: ANN001
-    from stx.evaluate.metrics import ALL_METRICS
+    from stx.evaluate.metrics import METRICS
     from stx.tracking.store import mask_secrets
 
     def fmt(key: str, source: dict) -> str:
         value = source.get(key)
         return "n/a" if value is None else f"{value:.3f}"
 
-    shown = [m for m in ALL_METRICS if f"eval/{m}" in s.metrics]
+    shown = [m for m in (*METRICS, "cell_cos") if f"eval/{m}" in s.metrics]
     refs = [r for r in ("mean_shift", "truth") if f"ref/{r}/energy_ratio" in s.reference]
     metrics = ", ".join(f"{m} {fmt('eval/' + m, s.metrics)} ("
                         + ", ".join(f"{r} {fmt(f'ref/{r}/{m}', s.reference)}" for r in refs) + ")" for m in shown)
@@ -208,25 +173,22 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
 @click.option("--timeout", type=click.FloatRange(min=1), help="Stop starting trials after this many seconds.")
 @click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes"]), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
-@click.option("--resume", is_flag=True, help="Continue an existing study of that name.")
+@click.option("--new", is_flag=True, help="Refuse to join an existing study of that name (default: join it, so "
+                                          "workers on several machines share one study).")
+@click.option("--resume", is_flag=True, hidden=True, help="Join an existing study (the default; kept for scripts).")
 @_tracking_option
 @click.option("--experiment", metavar="NAME", help="MLflow experiment (default: from the config).")
 def sweep(variant: str, n_trials: int, config_path: Path | None, overrides: tuple[str, ...], storage: str | None,
-          study: str | None, workers: int, timeout: float | None, sampler: str, pruner: str, resume: bool,
-          tracking_uri: str | None, experiment: str | None) -> None:
+          study: str | None, workers: int, timeout: float | None, sampler: str, pruner: str, new: bool,
+          resume: bool, tracking_uri: str | None, experiment: str | None) -> None:
     """Tune LoRA rank, learning rate (and velocity lambda) with Optuna; trials are nested MLflow runs."""
-    from stx.config import load_config
-    from stx.sweep.study import SweepRequest, run_sweep
+    from stx import api
     from stx.tracking.store import mask_secrets, resolve_tracking_uri
-    from stx.variants import resolve_variant
 
-    name = resolve_variant(variant).name
-    if name == "baseline":
-        raise StxError("the baseline variant has nothing to tune; sweep lora or another fine-tuning variant")
-    load_config(config_path, overrides)  # config errors before anything is created
     uri = resolve_tracking_uri(tracking_uri)
-    summary = run_sweep(SweepRequest(name, n_trials, str(config_path) if config_path else None, tuple(overrides),
-                                     storage, study, workers, timeout, sampler, pruner, resume, uri, experiment))
+    summary = api.sweep(variant, n_trials, config_path, overrides, storage=storage, study=study, workers=workers,
+                        timeout=timeout, sampler=sampler, pruner=pruner, tracking_uri=uri, experiment=experiment,
+                        new=new)
     best = (f"best {summary.best_value:.4f} with {summary.best_params} (run {summary.best_run_id})"
             if summary.best_value is not None else "no trial completed")
     click.echo(f"Study '{summary.study}' in {summary.storage}: {summary.n_trials} trials in {summary.seconds:.0f} s; "
@@ -245,18 +207,18 @@ def sweep(variant: str, n_trials: int, config_path: Path | None, overrides: tupl
 @click.option("--runs", type=click.Choice(["registry", "all"]), default="registry", show_default=True,
               help="registry: the champion (else newest) version of each stx-* model; all: every finished run.")
 @click.option("--allow-mixed", is_flag=True, help="Compare runs trained on different data sets.")
+@click.option("--trials", is_flag=True, help="With --runs all: include sweep trials (each configuration its own row).")
 @click.option("--projection", type=click.Choice(["auto", "umap", "pca"]), default="auto", show_default=True,
               help="2-D map of the cell figures (auto: PCA for embeddings of <= 100 dims, else UMAP).")
 @_tracking_option
-def compare_command(experiment: str | None, out: Path | None, runs: str, allow_mixed: bool,
+def compare_command(experiment: str | None, out: Path | None, runs: str, allow_mixed: bool, trials: bool,
                     projection: str, tracking_uri: str | None) -> None:
     """Variant-versus-reference tables and figures from the MLflow registry (or all runs)."""
-    from stx.compare.report import compare
-    from stx.tracking.store import resolve_tracking_uri
+    from stx import api
 
-    uri = resolve_tracking_uri(tracking_uri)
-    result = compare(uri, out, experiment=experiment, runs=runs, allow_mixed=allow_mixed, projection=projection)
-    click.echo(_compare_paragraph(result, uri))
+    result = api.compare(experiment, runs, out, tracking_uri=tracking_uri, allow_mixed=allow_mixed,
+                         projection=projection, trials=trials)
+    click.echo(_compare_paragraph(result, result.tracking_uri))
 
 
 def _compare_paragraph(result, uri: str) -> str:  # noqa: ANN001
@@ -279,19 +241,23 @@ def _compare_paragraph(result, uri: str) -> str:  # noqa: ANN001
               help="Input .h5ad with control cells.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .h5ad.")
 @click.option("--condition", metavar="NAME", help="Predict only this condition (default: every non-control one).")
+@click.option("--time", metavar="LABEL", help="Predict at this time point (default: each cell's own; for a model "
+                                              "trained with data.control_time, every later time point).")
 @_tracking_option
-def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, tracking_uri: str | None) -> None:
+def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, time: str | None,
+            tracking_uri: str | None) -> None:
     """Predict perturbed cells from the control cells of an .h5ad."""
-    from stx.evaluate.inference import load_model_uri, predict_file
-    from stx.tracking.store import resolve_tracking_uri
+    import anndata as ad
 
-    if out.suffix != ".h5ad":
-        raise StxError(f"{out}: the output file must end in .h5ad")
-    package = load_model_uri(model_uri, resolve_tracking_uri(tracking_uri))
-    n = predict_file(package, data_path, out, condition)
-    click.echo(f"Wrote {out}: {n} predicted cells from the control cells of {data_path} "
-               f"(model {model_uri}, variant {package.meta.get('variant')}); embeddings in "
-               f"obsm['{package.meta['embed_key']}'], source cell in obs['source_cell'].")
+    from stx import api
+
+    api.predict(model_uri, data_path, out, condition, time, tracking_uri=tracking_uri)
+    written = ad.read_h5ad(out, backed="r")
+    info = written.uns["stx"]
+    key = next(iter(written.obsm.keys()), "X")
+    click.echo(f"Wrote {out}: {written.n_obs} predicted cells from the control cells of {data_path} "
+               f"(model {model_uri}, variant {info['model_variant']}), in the input's order; embeddings in "
+               f"obsm['{key}'], source cell in obs['source_cell'].")
 
 
 # ---------------------------------------------------------------- velocity
@@ -357,18 +323,45 @@ def sync(where: Path, tracking_uri: str | None) -> None:
 @_tracking_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port.")
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI on the same store `stx run` writes to."""
+@click.option("--experiment", metavar="NAME", help="Experiment to open (default: the embedded default's, stx-demo).")
+@click.option("--workers", type=click.IntRange(min=1), help="Server processes (default: half the cores, at most 4).")
+def ui(tracking_uri: str | None, host: str, port: int, experiment: str | None, workers: int | None) -> None:
+    """Start the MLflow UI on the same store `stx run` writes to, opened on the training view."""
     from stx.tracking.store import mask_secrets, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:", "/")):
         raise StxError(f"{mask_secrets(uri)} is a tracking server already; open it in a browser")
-    click.echo(f"MLflow UI for {mask_secrets(uri)} at http://{host}:{port} (Ctrl-C to stop)")
+    url = ui_url(host, port, uri, experiment)
+    # MLflow's default of 4 workers takes minutes to answer on a busy 2-core machine
+    workers = workers or max(1, min(4, (os.cpu_count() or 2) // 2))
+    click.echo(f"MLflow UI for {mask_secrets(uri)} ({workers} worker{'s' if workers > 1 else ''}): open {url} "
+               f"(the training view: held-out metrics as bars per run, grouped by stx.variant). Ctrl-C to stop.")
     sys.stdout.flush()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", str(workers)]
     # become the server, so Ctrl-C and SIGTERM reach it directly
     os.execv(sys.executable, cmd)
+
+
+def ui_url(host: str, port: int, uri: str, experiment: str | None) -> str:
+    """The UI's address on an experiment's training view (MLflow 3 opens on its GenAI view)."""
+    where = "#/"
+    try:
+        from mlflow import MlflowClient
+
+        name = experiment or "stx-demo"
+        found = MlflowClient(uri).get_experiment_by_name(name)
+        if found is not None:
+            where = f"#/experiments/{found.experiment_id}"
+        elif experiment:
+            raise StxError(f"experiment '{experiment}' not found in this store")
+    except StxError:
+        raise
+    except Exception:  # the store may not exist yet: open the experiment list
+        pass
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}/{where}?workflowType=machine_learning"
 
 
 # ---------------------------------------------------------------- data
@@ -458,20 +451,12 @@ def data_validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from stx.config import load_config
-    from stx.data.covariates import check_covariates, plan_covariates
-    from stx.data.load import load_cells
-    from stx.data.split import TRAIN, make_split
     from stx.data.summary import batch_confounding, counts_table, headline
-    from stx.evaluate.design import make_design
-    from stx.evaluate.pipeline import check_design
+    from stx.preflight import preflight
 
     cfg = load_config(config_path, overrides)
-    table = load_cells(cfg)
-    split = make_split(table, cfg)
-    plan = plan_covariates(table, cfg)
-    check_covariates(table, plan, split.mask(TRAIN), ~split.mask(TRAIN))
-    design = make_design(table, split, cfg.data.split_seed, split.heldout)
-    check_design(design, table, cfg.data.min_group_cells)
+    checked = preflight(cfg)
+    table, split, plan, design = checked.table, checked.split, checked.plan, checked.design
     console = Console()
     for line in headline(table, split):
         console.print(line, highlight=False)
@@ -487,6 +472,9 @@ def data_validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
                           style="yellow", highlight=False)
     if warning := batch_confounding(table, cfg.data.batch_col):
         console.print(f"note: {warning}", style="yellow", highlight=False)
+    ckpt = checked.checkpoint
+    console.print(f"checkpoint {cfg.model.checkpoint}: {ckpt['input_dim']} dims in and out, sets of "
+                  f"{ckpt['cell_set_len']} cells, {len(ckpt['perts'])} perturbations", highlight=False)
     counts = counts_table(table, split)
     grid = Table(*[*counts.index.names, *[f"{s} {c}" for s, c in counts.columns]], box=None)
     for index, row in counts.iterrows():

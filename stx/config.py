@@ -202,6 +202,7 @@ class TrackingConfig(_Section):
     projection: Literal["auto", "umap", "pca"] = Field(
         "auto", description="2-D map of cells in the plots: auto = PCA for embeddings of <= 100 dims, else UMAP")
     register_model: bool = Field(True, description="register the model as stx-<variant>")
+    system_metrics: bool = Field(True, description="MLflow's system metrics (CPU, memory, GPU) every 10 s")
     output_dir: str = Field("stx_outputs", description="local run folders (checkpoints), from cwd")
     outage_grace_s: float = Field(120.0, ge=0, description="after training, how long to wait for an unreachable "
                                   "store before holding the records for `stx sync`")

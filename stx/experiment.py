@@ -16,13 +16,15 @@ import torch
 
 from stx import __version__
 from stx.config import Config, flatten, to_toml
-from stx.data.covariates import CovariatePlan, check_covariates, plan_covariates
-from stx.data.load import CellTable, file_sha256, load_cells
-from stx.data.split import TEST, TRAIN, VAL, Split, make_split
+from stx.data.covariates import CovariatePlan
+from stx.data.load import CellTable, file_sha256
+from stx.data.split import Split
 from stx.errors import StxError
-from stx.evaluate.design import TestDesign, make_design
+from stx.evaluate.design import TestDesign
 from stx.evaluate.predict import Predictions
+from stx.preflight import Checked, preflight
 from stx.tracking.buffer import MetricBuffer
+from stx.tracking.lineage import active_params, dataset_inputs, run_description, standard_tags
 from stx.tracking.outbox import FILENAME as OUTBOX
 from stx.tracking.outbox import Outbox
 from stx.variants import Variant, resolve_variant
@@ -47,6 +49,11 @@ class RunSummary:
     variant: str
     wall_time_s: float
     held: str | None = None  # the outbox, when the store did not take everything (`stx sync` it)
+
+    @property
+    def model_uri(self) -> str | None:
+        """`models:/stx-<variant>/<version>` of the registered model (None when not registered)."""
+        return f"models:/stx-{self.variant}/{self.model_version}" if self.model_version else None
 
 
 def _is_worker() -> bool:
@@ -111,16 +118,18 @@ class Prepared:
 
 def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment: str | None = None,
                    devices: int | None = None, progress: bool = True, parent_run_id: str | None = None,
-                   extra_tags: dict[str, str] | None = None, callbacks: tuple = ()) -> RunSummary | None:
+                   extra_tags: dict[str, str] | None = None, callbacks: tuple = (),
+                   checked: Checked | None = None) -> RunSummary | None:
     """Train (unless baseline), evaluate on the held-out split, and track everything.
 
     `parent_run_id` nests the run (sweep trials); `callbacks` are extra Lightning callbacks
-    (a sweep's pruning reporter). Returns None in DDP worker processes, which only train.
+    (a sweep's pruning reporter); `checked` is what `stx.preflight` already built for this
+    data (reused, not rebuilt). Returns None in DDP worker processes, which only train.
     """
 
     variant = resolve_variant(variant_name)
     start = time.perf_counter()
-    prep = _prepare(cfg, variant)
+    prep = _prepare(cfg, variant, checked)
 
     if _is_worker():
         _train(cfg, prep, Path(os.environ[RUN_DIR_ENV]), devices, None, False, True)
@@ -140,15 +149,21 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
         "stx.data_sha256": _data_digest(table),
         "stx.config": cfg.source,
         "stx.split": prep.split.mode,
+        "stx.config_digest": config_digest(cfg),
+        "stx.steps": str(cfg.trainer.max_steps if variant.train else 0),
     }
     where = Path(cfg.source).parent if not cfg.source.startswith("<") else Path.cwd()
-    if commit := _git_commit(where):
+    commit = _git_commit(where)
+    if commit:
         tags["stx.git_commit"] = commit
-    params = {**flatten(cfg), "variant": variant.name, "n_trainable_params": str(trainable),
+    tags.update(standard_tags(commit, run_description(cfg, variant, table)))
+    params = {**active_params(cfg, variant), "variant": variant.name, "n_trainable_params": str(trainable),
               "n_total_params": str(total)}
     tags.update(extra_tags or {})
 
-    with tracked_run(tracking_uri, experiment, run_name, tags, params, parent_run_id) as run:
+    with tracked_run(tracking_uri, experiment, run_name, tags, params, parent_run_id,
+                     system_metrics=cfg.tracking.system_metrics) as run:
+        run.client.log_inputs(run.run_id, datasets=dataset_inputs(table, prep.split, cfg))
         out_dir = Path(cfg.tracking.output_dir).resolve() / run.run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         run.outbox = Outbox(out_dir / OUTBOX, run.run_id)
@@ -168,21 +183,18 @@ def _held(run) -> str | None:  # noqa: ANN001
     return str(run.outbox.path) if run.pending else None
 
 
-def _prepare(cfg: Config, variant: Variant) -> Prepared:
-    """Seed, then data, split, test design, inputs, model and loss terms: identical for a fresh
-    and a resumed run, and every data error surfaces here, before training."""
+def _prepare(cfg: Config, variant: Variant, checked: Checked | None = None) -> Prepared:
+    """Seed, then data, split, test design, inputs (`stx.preflight`, unless already
+    `checked`), model and loss terms: identical for a fresh and a resumed run, and every data
+    error surfaces here, before training."""
     import lightning as L
 
-    from stx.evaluate.pipeline import check_design
     from stx.train.fit import check_memory
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    table = load_cells(cfg, velocity=variant.velocity)
-    split = make_split(table, cfg)
-    plan = plan_covariates(table, cfg)
-    check_covariates(table, plan, split.mask(TRAIN), split.mask(VAL) | split.mask(TEST))
-    design = make_design(table, split, cfg.data.split_seed, split.heldout)
-    check_design(design, table, cfg.data.min_group_cells)
+    if checked is None or (variant.velocity and checked.table.velocity is None):
+        checked = preflight(cfg, velocity=variant.velocity)
+    table, split, plan, design = checked.table, checked.split, checked.plan, checked.design
     model = build_model(cfg, variant, table, plan)
     backbone = model.transformer_backbone.config
     check_memory(cfg.trainer, backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads)
@@ -206,7 +218,8 @@ def _execute(cfg, variant, prep: Prepared, run, out_dir, devices, progress, call
         raise
     _settle_metrics(buffer, run, cfg.tracking.outage_grace_s)
     metrics, reference = _evaluate_and_log(cfg, variant, prep, run, out_dir, buffer, fit_result, start, baseline)
-    version = _register(cfg, variant, prep, run, out_dir) if cfg.tracking.register_model else None
+    package = _package(cfg, variant, prep, out_dir)  # kept locally even unregistered: a sweep registers its best
+    version = register(package, run, variant) if cfg.tracking.register_model else None
     return metrics, reference, version
 
 
@@ -219,7 +232,7 @@ def _baseline_predictions(cfg: Config, variant: Variant, prep: Prepared) -> Pred
     from stx.variants import VARIANTS
 
     model = build_model(cfg, VARIANTS["baseline"], prep.table, prep.plan) if variant.scratch else prep.model
-    return predict_tasks(model.to(device()), prep.table, prep.design.tasks, cfg.trainer.cell_set_len, prep.plan,
+    return predict_tasks(model.to(device()), prep.table, prep.design.tasks, int(model.spec.cell_set_len), prep.plan,
                          device())
 
 
@@ -348,7 +361,8 @@ def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_re
     from stx.train.stability import stability_summary
 
     table, split = prep.table, prep.split
-    result = evaluate_run(prep.model, table, split, prep.design, prep.plan, cfg, baseline)
+    result = evaluate_run(prep.model, table, split, prep.design, prep.plan, cfg, baseline,
+                          set_len(cfg, variant, prep.model))
     summary = {**result.metrics, **result.reference}
     summary.update(stability_summary(buffer.values("grad_norm/global"), buffer.values("train/loss"),
                                      cfg.trainer.grad_clip))
@@ -395,21 +409,61 @@ def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_re
                 hline=(clip, f"clipping threshold {clip:g}") if clip else None)
     cell_figure(table, prep.design, result.predictions, cfg, plots)
     run.log_artifact(plots, "plots")
+    run.log_images(sorted(plots.glob("*.png")))
     return result.metrics, result.reference
 
 
-def _register(cfg, variant, prep: Prepared, run, out_dir) -> str | None:  # noqa: ANN001
+def _package(cfg: Config, variant: Variant, prep: Prepared, out_dir: Path) -> Path:
+    """The inference package (LoRA merged, what predicting needs) in the run's folder."""
     from stx.model.lora import merge_lora
     from stx.model.package import save_package
 
     model = merge_lora(prep.model.cpu().eval())
+    spec = prep.table.spec
     meta = {
-        "variant": variant.name, "cell_set_len": cfg.trainer.cell_set_len,
+        "variant": variant.name, "cell_set_len": set_len(cfg, variant, prep.model),
         "embed_key": cfg.data.embed_key, "pert_col": cfg.data.pert_col,
         "control_pert": cfg.data.control_pert, "cell_type_key": cfg.data.cell_type_key,
         "batch_col": cfg.data.batch_col, "time_col": cfg.data.time_col, "stx_version": __version__,
         "covariate_columns": list(prep.plan.names), "time_input": prep.plan.time,
+        "cell_types": list(spec.cell_types), "days": list(spec.days), "config_digest": config_digest(cfg),
+        "control_time": cfg.data.control_time, "steps": cfg.trainer.max_steps if variant.train else 0,
+        "data_sha256": _data_digest(prep.table), "data_files": [f.name for f in prep.table.files],
         "mhc": cfg.model.mhc.model_dump() if variant.mhc else None,
     }
-    package = save_package(model, meta, out_dir / "model_package")
-    return run.register_model(package, f"stx-{variant.name}")
+    return save_package(model, meta, out_dir / "model_package")
+
+
+def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN001
+    """Register a run's package as `stx-<variant>`, its version tagged with the experiment, data,
+    steps and config digest (`stx.tracking.registry`)."""
+    import json
+
+    meta = json.loads((package / "model.json").read_text())
+    tags = {"stx.variant": variant.name, "stx.experiment": _experiment_name(run),
+            "stx.experiment_id": run.experiment_id, "stx.data_sha256": meta["data_sha256"],
+            "stx.steps": str(meta["steps"]), "stx.config_digest": meta["config_digest"], "stx.run_id": run.run_id}
+    description = (f"{variant.name} ({variant.summary}) trained {meta['steps']} steps on "
+                   f"{', '.join(meta['data_files'])} in experiment '{tags['stx.experiment']}', run {run.run_id}.")
+    return run.register_model(package, f"stx-{variant.name}", tags, description)
+
+
+def _experiment_name(run) -> str:  # noqa: ANN001
+    return run.client.get_experiment(run.experiment_id).name
+
+
+def set_len(cfg: Config, variant: Variant, model: torch.nn.Module) -> int:
+    """Cells per set when predicting: what the model was trained with. The baseline is the
+    checkpoint as it is, so it predicts with the checkpoint's own set size (as arc-state runs it)."""
+    return cfg.trainer.cell_set_len if variant.train else int(model.spec.cell_set_len)
+
+
+def config_digest(cfg: Config) -> str:
+    """12 hex digits naming the settings that change what a run learns (not its seed or where
+    it logs): runs of one configuration share it, so comparisons can pool their seeds."""
+    import hashlib
+    import json
+
+    flat = {k: v for k, v in flatten(cfg).items()
+            if not k.startswith(("tracking.", "sweep.")) and k not in ("trainer.seed", "trainer.devices")}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

@@ -84,7 +84,7 @@ CASES = [
     ("wrong type", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.lr=fast"], "trainer.lr: Input should be a valid number"),
     ("negative steps", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.max_steps=-5"], "trainer.max_steps: Input should be greater than 0"),
     ("unknown variant", lambda r: ["run", "--variant", "lora-mch", "--config", _config(r)], "unknown variant 'lora-mch'"),
-    ("velocity without velocity data", lambda r: ["run", "--variant", "velocity", "--config", _config(r, "no_layers.h5ad")], "run 'stx velocity"),
+    ("velocity without velocity data", lambda r: ["run", "--variant", "velocity", "--config", _config(r, "no_layers.h5ad")], "velocyto, STARsolo (--soloFeatures Velocyto) or alevin-fry"),
     ("bad tracking URI", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--tracking-uri", "postgresql+psycopg://u:pw@127.0.0.1:1/x"], "is not reachable"),
     ("unreachable PostgreSQL storage", lambda r: ["sweep", "--variant", "lora", "--n-trials", "1", "--config", _config(r), "--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/optuna"], "Optuna storage postgresql+psycopg://u:***@127.0.0.1:1/optuna is not reachable"),
     ("checkpoint dir missing files", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'model.checkpoint="{r / "ckpt"}"'], "pert_onehot_map.pt missing"),

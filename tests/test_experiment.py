@@ -113,19 +113,28 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     model = mlflow.pyfunc.load_model("models:/stx-lora/1")
-    emb = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
-    frame = pd.DataFrame(emb)
+    assert model.metadata.signature is not None and model.metadata.saved_input_example_info is not None
+    data = ad.read_h5ad(demo_path)
+    controls = data[(data.obs["condition"] == "Sham").to_numpy()]
+    frame = pd.DataFrame(controls.obsm["X_state"], columns=[f"X_state_{i}" for i in range(64)])
     frame["condition"] = "Burn"
-    frame["day"] = "14"  # the time point is one of the model's inputs
+    for column in ("day", "cell_types_simple_short", "mouse_id"):  # the time point is one of the model's inputs
+        frame[column] = controls.obs[column].astype(str).to_numpy()
     out = model.predict(frame)
-    assert out.shape == (20, 64) and np.isfinite(out.to_numpy()).all()
+    assert out.shape == (controls.n_obs, 64) and np.isfinite(out.to_numpy()).all()
 
     monkeypatch.chdir(workdir)
     result = CliRunner().invoke(cli, ["predict", "--model", "models:/stx-lora/1", "--data", str(demo_path),
                                       "--out", str(workdir / "pred.h5ad")])
     assert result.exit_code == 0, result.output
     pred = ad.read_h5ad(workdir / "pred.h5ad")
-    assert pred.n_obs == int((ad.read_h5ad(demo_path).obs["condition"] == "Sham").sum())
+    # the pyfunc predicts exactly like stx predict, and stx predict keeps the input's order
+    assert list(pred.obs["source_cell"]) == list(controls.obs_names)
+    np.testing.assert_allclose(pred.obsm["X_state"], out.to_numpy(), atol=1e-6)
+    assert pred.uns["stx"]["model_uri"] == "models:/stx-lora/1" and pred.uns["stx"]["cell_set_len"] == 16
+    result = CliRunner().invoke(cli, ["predict", "--model", "models:/stx-lora/1", "--data", str(demo_path),
+                                      "--out", str(demo_path)])
+    assert result.exit_code == 2 and "is the input file" in result.output
     result = CliRunner().invoke(cli, ["predict", "--model", run.info.run_id, "--data", str(demo_path),
                                       "--out", str(workdir / "pred2.h5ad"), "--condition", "Fire"])
     assert result.exit_code == 2 and "condition 'Fire' unknown to this model" in result.output
@@ -274,7 +283,8 @@ def test_ui_serves_the_same_store(workdir):
     finally:
         os.killpg(proc.pid, 15)  # the server and its workers
         out = proc.communicate(timeout=30)[0]
-    assert f"MLflow UI for sqlite:///{workdir}/mlruns/mlflow.db at http://127.0.0.1:{port}" in out
+    assert f"MLflow UI for sqlite:///{workdir}/mlruns/mlflow.db" in out
+    assert f"open http://127.0.0.1:{port}/#/" in out and "?workflowType=machine_learning" in out
 
 
 @pytest.mark.parametrize("projection", ["sinkhorn", "birkhoff"])
@@ -296,9 +306,9 @@ def test_lora_mhc_logs_mhc_metrics_and_registers_a_loadable_model(workdir, monke
     version = run.data.tags["stx.registered_model"]
     mlflow.set_tracking_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
     mlflow.set_registry_uri(f"sqlite:///{workdir}/mlruns/mlflow.db")
-    frame = pd.DataFrame(np.zeros((5, 64), np.float32))
+    frame = pd.DataFrame(np.zeros((5, 64), np.float32), columns=[f"X_state_{i}" for i in range(64)])
     frame["condition"] = "Burn"
-    frame["day"] = 19
+    frame["day"] = "19"
     assert mlflow.pyfunc.load_model(version).predict(frame).shape == (5, 64)
 
 
@@ -377,6 +387,26 @@ def test_compare_from_the_registry(lora_run, workdir, monkeypatch):
     assert "## Versus the references and lora" in text and "| lora |" in text and "(1 seed)" in text
 
 
+def test_a_second_data_set_never_shadows_the_first_in_the_registry(lora_run, workdir, monkeypatch, demo_adata,
+                                                                    tmp_path):
+    _, client, first = lora_run
+    other = tmp_path / "second.h5ad"
+    demo_adata[::2].copy().write_h5ad(other)
+    result = _run(workdir, monkeypatch, "--variant", "lora", "--set", f'datasets.demo="{other}"',
+                  "--experiment", "second-data")
+    assert result.exit_code == 0, result.output
+    newest = max(client.search_model_versions("name = 'stx-lora'"), key=lambda v: int(v.version))
+    assert newest.tags["stx.experiment"] == "second-data" and newest.tags["stx.data_sha256"] != \
+        first.data.tags["stx.data_sha256"]
+    assert {"stx.experiment_id", "stx.steps", "stx.config_digest", "stx.variant"} <= set(newest.tags)
+    assert newest.description and client.get_registered_model("stx-lora").description
+    # scoped to the first experiment, compare still finds the first data set's version
+    result = CliRunner().invoke(cli, ["compare", "--experiment", workdir.name, "--out", str(tmp_path / "first")])
+    assert result.exit_code == 0, result.output
+    table = pd_read(tmp_path / "first" / "comparison.csv").set_index("row")
+    assert table.loc["lora", "source"] == "models:/stx-lora/1"
+
+
 def test_compare_errors(lora_run, tmp_path, monkeypatch, workdir, demo_adata):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -451,3 +481,4 @@ def test_resume_errors(workdir, monkeypatch):
     assert result.exit_code == 2 and "pass no --variant" in result.output
     result = CliRunner().invoke(cli, ["run"])
     assert result.exit_code == 2 and "--variant is required" in result.output
+

@@ -3,13 +3,14 @@
     python experiments/mhc_stability/run.py [--seeds 0 1 2] [--steps 400] [--quick]
 
 `normal` is the embedded demo config. `stress` is a setting where plain LoRA is unstable
-on a CPU within minutes, chosen by measurement: lr 8e-3 with no gradient clipping (see
-results.md for the probe). What is compared is stability, not accuracy: gradient-norm
-spikes (steps above 5x the rolling median), gradient-norm CV over the last half, the
-largest gradient norm, the loss rebound (last-10% loss over the best running loss: about 1
-when healthy, 2 after a collapse, which a 5x loss-spike rule never sees on a bounded
-loss), and how many seeds diverged (NaN/inf loss) or collapsed (rebound > 1.5), with
-held-out energy_ratio beside them.
+on a CPU within minutes, chosen by measurement: lr 8e-3 with no gradient clipping (at the
+peak of the warmup the loss jumps back up by a third, and the run ends far worse: held-out
+energy_ratio about 0.42 instead of 0.18). What is compared is stability, not accuracy:
+the loss's largest rise above its best so far (`loss/max_rise`: 1 when it never went back
+up), the loss rebound at the end, gradient-norm spikes (steps above 5x the rolling
+median), gradient-norm CV over the last half and the largest gradient norm, and how many
+seeds diverged (NaN/inf loss) or blew up (max_rise > 1.25), with held-out energy_ratio
+beside them. (A 5x loss-spike rule never fires on the bounded energy loss.)
 
 A difference counts only when it exceeds the spread across seeds: every seed of one
 variant beats every seed of the other. Writes results.md next to this file; every run is
@@ -29,12 +30,13 @@ from common import Case, mean_sd, run_cases, seed_table, seeds_verdict, total_se
 
 SETTINGS = {
     "normal": (),
-    "stress": ("trainer.lr=6e-3",),
+    "stress": ("trainer.lr=8e-3", "trainer.grad_clip=0"),
 }
-COLLAPSE = 1.5  # loss/rebound above this: the run lost what it had learned (healthy runs stay near 1)
-STABILITY = [("grad_norm/spikes", True), ("grad_norm/cv", True), ("grad_norm/max", True), ("loss/rebound", True)]
-SHOWN = ["grad_norm/spikes", "grad_norm/cv", "grad_norm/max", "loss/rebound", "loss/spikes", "grad_norm/median",
-         "val/energy_loss", "eval/energy_ratio", "step_time_s"]
+COLLAPSE = 1.25  # loss/max_rise above this: the loss climbed back a quarter above its best (healthy runs: ~1.0)
+STABILITY = [("loss/max_rise", True), ("loss/rebound", True), ("grad_norm/spikes", True), ("grad_norm/cv", True),
+             ("grad_norm/max", True)]
+SHOWN = ["loss/max_rise", "loss/rebound", "grad_norm/spikes", "grad_norm/cv", "grad_norm/max", "loss/spikes",
+         "grad_norm/median", "val/energy_loss", "eval/energy_ratio", "step_time_s"]
 
 
 def main() -> None:
@@ -58,10 +60,11 @@ def main() -> None:
             a = [m.get(key, math.nan) for m in mhc.metrics]
             b = [m.get(key, math.nan) for m in lora.metrics]
             lines.append(f"| {key} | {mean_sd(b)} | {mean_sd(a)} | {seeds_verdict(a, b, lower)} |")
-        failed = {name: len(r.diverged) + sum(m.get("loss/rebound", 0) > COLLAPSE for m in r.metrics)
+        failed = {name: len(r.diverged) + sum(m.get("loss/max_rise", 0) > COLLAPSE for m in r.metrics)
                   for name, r in results.items()}
-        lines.append(f"| diverged or collapsed seeds | {failed['lora']} of {len(seeds)} | {failed['lora-mhc']} of "
-                     f"{len(seeds)} | {seeds_verdict([failed['lora-mhc']], [failed['lora']])} |")
+        label = f"diverged or blown-up seeds (max_rise > {COLLAPSE})"
+        lines.append(f"| {label} | {failed['lora']} of {len(seeds)} | {failed['lora-mhc']} of {len(seeds)} | "
+                     f"{seeds_verdict([failed['lora-mhc']], [failed['lora']])} |")
         sections.append(f"## Setting `{setting}` ({' '.join(overrides) or 'the demo defaults'})\n\n"
                         + "\n".join(lines) + "\n\nAll run metrics (mean ± sd over the seeds that finished):\n\n"
                         + seed_table(results, SHOWN) + "\n")

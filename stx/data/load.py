@@ -404,9 +404,11 @@ def _read_velocity(path: Path, cfg: Config, dim: int) -> dict[str, np.ndarray]:
         has_layers = "layers" in handle and {"spliced", "unspliced"} <= set(handle["layers"].keys())
     if not has_key:
         if not has_layers:
-            raise DataError(f"{path}: no obsm['{key}'] (model.velocity.velocity_key) and no spliced/unspliced "
-                            f"layers to compute it from; run 'stx velocity --data {path.name} --basis "
-                            f"{cfg.data.embed_key} --out FILE.h5ad' or set model.velocity.velocity_key")
+            raise DataError(f"{path}: no velocity for the velocity variants: no obsm['{key}'] "
+                            f"(model.velocity.velocity_key) and no layers['spliced']/['unspliced'] to compute it from. "
+                            f"What works: spliced/unspliced counts from velocyto, STARsolo (--soloFeatures Velocyto) "
+                            f"or alevin-fry (USA mode) in layers, then 'stx velocity'; or a velocity you computed in "
+                            f"this embedding, as an obsm key named by model.velocity.velocity_key")
         from stx.data.velocity import prepare_velocity, velocity_key_for
 
         if key != velocity_key_for(cfg.data.embed_key):

@@ -70,3 +70,19 @@ def make_design(table: CellTable, split: Split, seed: int = 0,
             tasks.append(Task(int(g), int(p), source[0], source[1],
                               np.flatnonzero(test & (group == g) & (table.pert == p)), int(g) in heldout_groups))
     return TestDesign(fed, reference, tuple(tasks))
+
+
+def check_design(design: TestDesign, table: CellTable, min_cells: int) -> None:
+    """Refuse a test split in which no group has enough cells for the control split."""
+    from stx.errors import DataError
+
+    def size(task: Task) -> int:
+        return min(len(task.fed), len(task.reference), len(task.real))
+
+    if design.tasks and any(size(t) >= min_cells for t in design.tasks):
+        return
+    groups = ", ".join(f"{table.spec.group_label(*table.group_name(t.group))} (fed {len(t.fed)}, reference "
+                       f"{len(t.reference)}, perturbed {len(t.real)})" for t in design.tasks[:6]) or "none"
+    raise DataError(f"the test split has no group with at least {min_cells} control cells in each half and "
+                    f"{min_cells} perturbed cells: {groups}; raise data.test_fraction, use data.split = 'cell', or "
+                    f"lower data.min_group_cells")

@@ -40,30 +40,16 @@ class Evaluation:
         return self.by_group[self.by_group["predictor"] == predictor]
 
 
-def check_design(design: TestDesign, table: CellTable, min_cells: int) -> None:
-    """Refuse a test split in which no group has enough cells for the control split."""
-    def size(task) -> int:  # noqa: ANN001
-        return min(len(task.fed), len(task.reference), len(task.real))
-
-    if design.tasks and any(size(t) >= min_cells for t in design.tasks):
-        return
-    groups = ", ".join(f"{table.spec.group_label(*table.group_name(t.group))} (fed {len(t.fed)}, reference "
-                       f"{len(t.reference)}, perturbed {len(t.real)})" for t in design.tasks[:6]) or "none"
-    raise StxError(f"the test split has no group with at least {min_cells} control cells in each half and "
-                   f"{min_cells} perturbed cells: {groups}; raise data.test_fraction, use data.split = 'cell', or "
-                   f"lower data.min_group_cells")
-
-
 def device() -> str:
     """Where evaluation runs."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def evaluate_run(model: torch.nn.Module, table: CellTable, split: Split, design: TestDesign, plan: CovariatePlan,
-                 cfg: Config, baseline: Predictions | None) -> Evaluation:
-    """Score the model and every reference predictor (plus the pretrained `baseline`'s
-    predictions, made before training) on the same design."""
-    preds = predict_tasks(model.to(device()), table, design.tasks, cfg.trainer.cell_set_len, plan, device())
+                 cfg: Config, baseline: Predictions | None, cell_set_len: int) -> Evaluation:
+    """Score the model (predicting in sets of `cell_set_len`) and every reference predictor
+    (plus the pretrained `baseline`'s predictions, made before training) on the same design."""
+    preds = predict_tasks(model.to(device()), table, design.tasks, cell_set_len, plan, device())
     if preds.n == 0:
         raise StxError("the test split has no group with both control and perturbed cells; "
                        "lower data.test_fraction or use data.split = 'cell'")

@@ -52,12 +52,51 @@ def checkpoint_dir(name_or_path: str) -> Path:
     return Path(name_or_path)
 
 
+# What arc-state checkpoints pickle besides tensors and plain values: the loss module ST was
+# built with. Everything else is refused: a checkpoint is data, and unpickling arbitrary
+# objects can run code.
+SAFE_GLOBALS = (torch.nn.MSELoss, torch.nn.L1Loss, torch.nn.SmoothL1Loss, torch.nn.HuberLoss)
+
+
 def _torch_load(path: Path) -> Any:
+    """`torch.load` with `weights_only=True` and the allow-list above; a one-line refusal
+    naming the file and the types it would have needed, or what is wrong with it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # arc-state's checkpoints pickle Hydra/omegaconf objects into hyper_parameters
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not even a readable archive
+            unsafe = []
+        allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+        unexpected = [g for g in unsafe if g not in allowed]
+        if not unexpected:
+            raise StxError(f"{path}: not a readable checkpoint ({str(err).splitlines()[-1][:160]})") from None
+        raise StxError(f"{path}: refused to load: it holds {', '.join(unexpected[:5])}, which a checkpoint must not "
+                       f"(stx loads tensors and plain values only; other objects could run code)") from None
+    except Exception as err:
+        first = str(err).splitlines()[0][:160] if str(err) else err.__class__.__name__
+        raise StxError(f"{path}: not a readable checkpoint ({first})") from None
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Plain values only (dicts, lists, numbers, strings, None): any class or function is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_plain_pickle(path: Path) -> Any:
+    """A pickle of plain values (arc-state's var_dims.pkl), read without running code."""
+    try:
+        with open(path, "rb") as handle:
+            return _DataOnlyUnpickler(handle).load()
+    except pickle.UnpicklingError as err:
+        raise StxError(f"{path}: refused to load: it holds {err}, not plain values (stx reads plain values only; "
+                       f"other objects could run code)") from None
+    except Exception as err:
+        raise StxError(f"{path}: not a readable pickle ({err.__class__.__name__})") from None
 
 
 def _index_map(mapping: dict[str, Any]) -> tuple[str, ...]:
@@ -93,8 +132,7 @@ def read_run_dir(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             raise StxError(f"{run_dir}: checkpoint has no hyper_parameters and config.yaml or "
                            f"var_dims.pkl is missing")
         config = yaml.safe_load(config_path.read_text())
-        with open(dims_path, "rb") as handle:
-            dims = pickle.load(handle)
+        dims = read_plain_pickle(dims_path)
         hp = {**config["model"]["kwargs"], **dims, **config.get("data", {}).get("kwargs", {})}
     perts = _index_map(_torch_load(pert_map_path))
     batch_path = run_dir / "batch_onehot_map.torch"

@@ -86,7 +86,10 @@ def load_package(path: Path) -> InferencePackage:
     meta_path = path / "model.json"
     if not meta_path.is_file():
         raise StxError(f"{path}: not an stx model folder (no model.json)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StxError(f"{meta_path}: not valid JSON ({err.__class__.__name__})") from None
     if meta.get("format") != FORMAT:
         raise StxError(f"{meta_path}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
     spec = ModelSpec.from_dict(meta.pop("spec"))
@@ -96,5 +99,14 @@ def load_package(path: Path) -> InferencePackage:
         from stx.model.mhc import apply_mhc
 
         apply_mhc(model.transformer_backbone, MhcConfig(**meta["mhc"]))
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    from stx.model.checkpoint import _torch_load
+
+    state = _torch_load(path / "weights.pt")
+    if not isinstance(state, dict):
+        raise StxError(f"{path / 'weights.pt'}: not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise StxError(f"{path / 'weights.pt'}: does not fit the model in model.json ({str(err).splitlines()[0][:160]})"
+                       ) from None
     return InferencePackage(model.eval(), meta)

@@ -28,6 +28,9 @@ from stx.tracking.store import default_artifact_root, describe_error, is_unreach
 log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000
+EXPERIMENT_DESCRIPTION = ("stx runs: State Transition variants fine-tuned on one data set. Compare them on held-out "
+                          "metrics at step 0 (eval/*, bars per run or grouped by the tag stx.variant), with the "
+                          "references ref/*; `stx compare --experiment` writes the tables with intervals.")
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 
@@ -99,14 +102,29 @@ class TrackedRun:
                             path, attempts, error)
         self.outbox.add("artifact", path=str(path), artifact_path=artifact_path)
 
-    def register_model(self, package: Path, name: str) -> str | None:
-        """Log the inference package as a pyfunc model and register it as `name`; the version,
-        or None when the registration is held for `stx sync`."""
+    def log_images(self, paths: list[Path]) -> None:
+        """Figures as MLflow images (key = file stem, step 0), so the UI's image comparison
+        shows them side by side across runs. Best effort: the same files are artifacts too."""
+        if self.offline is not None:
+            return
+        from PIL import Image
+
+        for path in paths:
+            try:
+                with Image.open(path) as image:
+                    self.client.log_image(self.run_id, image.convert("RGB"), key=path.stem, step=0)
+            except Exception as err:
+                log.debug("image %s not logged (%s)", path.name, describe_error(err))
+
+    def register_model(self, package: Path, name: str, tags: dict[str, str] | None = None,
+                       description: str | None = None) -> str | None:
+        """Log the inference package as a pyfunc model and register it as `name` (version tags
+        and description included); the version, or None when it is held for `stx sync`."""
         from stx.tracking.pyfunc import log_and_register
 
         result: list[str | None] = []
-        self._deliver("register", lambda: result.append(log_and_register(self, package, name)),
-                      package=str(package.resolve()), name=name)
+        self._deliver("register", lambda: result.append(log_and_register(self, package, name, tags, description)),
+                      package=str(package.resolve()), name=name, tags=tags or {}, description=description)
         return result[0] if result else None
 
     def artifact_uri(self) -> str:
@@ -175,7 +193,8 @@ def ensure_experiment(client: object, name: str, uri: str) -> str:
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name))
+        return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
+                                        tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION})
     except MlflowException:
         found = client.get_experiment_by_name(name)  # another process created it meanwhile
         if found is None:
@@ -267,9 +286,12 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 @contextmanager
 def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
                 params: dict[str, str], parent_run_id: str | None = None,
-                existing_run_id: str | None = None) -> Iterator[TrackedRun]:
+                existing_run_id: str | None = None, system_metrics: bool = False) -> Iterator[TrackedRun]:
     """Open a run (nested under `parent_run_id` if given; or reopen `existing_run_id` to
-    resume it), yield its handle, and end it with the right status whatever happens."""
+    resume it), yield its handle, and end it with the right status whatever happens.
+
+    `system_metrics` starts MLflow's own system-metrics monitor for the run (a background
+    thread sampling CPU, memory and GPU every 10 s: never on the training step's path)."""
 
     client = connect(uri)
     if existing_run_id:
@@ -283,6 +305,7 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run = client.create_run(experiment_id, run_name=run_name,
                                 tags={k: mask_secrets(v) for k, v in tags.items()})
     handle = TrackedRun(client, run.info.run_id, experiment_id, uri)
+    monitor = _system_metrics(handle.run_id) if system_metrics else None
     status = "FAILED"
     try:
         if params:
@@ -301,7 +324,28 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         _record_error(handle, f"{err.__class__.__name__}: {err}", traceback.format_exc())
         raise
     finally:
+        if monitor is not None:
+            _stop_quietly(monitor)
         _terminate(handle, status)
+
+
+def _system_metrics(run_id: str) -> object | None:
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, samples_before_logging=1)
+        monitor.start()
+        return monitor
+    except Exception:  # a missing optional dependency must not stop a run
+        log.debug("system metrics unavailable", exc_info=True)
+        return None
+
+
+def _stop_quietly(monitor: object) -> None:
+    try:
+        monitor.finish()
+    except Exception:
+        log.debug("could not stop the system-metrics monitor", exc_info=True)
 
 
 def _terminate(handle: TrackedRun, status: str) -> None:

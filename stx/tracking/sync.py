@@ -91,6 +91,6 @@ def _apply(handle: TrackedRun, op: dict) -> None:
         package = Path(op["package"])
         if not package.exists():
             raise StxError(f"held model package {package} is gone; it cannot be registered")
-        log_and_register(handle, package, op["name"])
+        log_and_register(handle, package, op["name"], op.get("tags"), op.get("description"))
     elif kind == "terminate":
         handle.client.set_terminated(handle.run_id, op["status"])

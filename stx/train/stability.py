@@ -47,7 +47,9 @@ def loss_rebound(losses: list[float] | np.ndarray, window: int = 20) -> dict[str
     """`loss/rebound`: the mean loss of the last 10% of steps over the lowest `window`-step
     running mean reached before. About 1 (or below) for a run that kept improving; a run
     that collapsed after a good start (the energy loss is bounded, so it rises about 2x
-    without ever "spiking" 5x) scores 2 or more."""
+    without ever "spiking" 5x) scores 2 or more. `loss/max_rise`: the largest ratio of the
+    running loss to the lowest it had reached so far: 1 for a loss that never went back
+    up, 1.4 for a run that blew up at the peak learning rate and recovered."""
     x = np.asarray(losses, dtype=float)
     x = x[np.isfinite(x)]
     if len(x) < 2 * window:
@@ -55,4 +57,8 @@ def loss_rebound(losses: list[float] | np.ndarray, window: int = 20) -> dict[str
     running = np.convolve(x, np.ones(window) / window, mode="valid")
     tail = x[-max(window, len(x) // 10):]
     best = float(running.min())
-    return {"loss/rebound": float(tail.mean() / best)} if best > 0 else {}
+    if best <= 0:
+        return {}
+    # the worst transient: how far the running loss climbed above the lowest it had reached
+    floor = np.minimum.accumulate(running)
+    return {"loss/rebound": float(tail.mean() / best), "loss/max_rise": float((running / floor).max())}

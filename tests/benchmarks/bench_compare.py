@@ -72,7 +72,7 @@ def main() -> None:
     import logging
     import os
 
-    from stx.compare.report import compare
+    from stx.comparison.report import compare
 
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
 

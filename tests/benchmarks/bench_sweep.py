@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def study(tmp: Path, pruner: str, trials: int, steps: int):
-    from stx.sweep.study import SweepRequest, run_sweep
+    from stx.sweeps.study import SweepRequest, run_sweep
 
     overrides = (f"trainer.max_steps={steps}", f"trainer.val_every_n_steps={max(1, steps // 6)}",
                  "tracking.projection=pca", "tracking.register_model=false", "trainer.checkpoint_every_n_steps=100000")

@@ -36,4 +36,4 @@ def test_velocity_effect_quick(tmp_path):
 def test_mhc_stability_quick(tmp_path):
     text = _run("mhc_stability", tmp_path)
     assert "## Setting `normal`" in text and "## Setting `stress`" in text
-    assert "| grad_norm/spikes |" in text and "| diverged or collapsed seeds |" in text
+    assert "| loss/max_rise |" in text and "| diverged or blown-up seeds" in text

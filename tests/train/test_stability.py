@@ -39,6 +39,8 @@ def test_rebound_tells_a_collapse_from_a_healthy_run():
     collapsed = [3.0 - 0.01 * i for i in range(100)] + [5.0] * 200  # bounded: never a 5x spike
     assert loss_rebound(healthy)["loss/rebound"] < 1.05
     assert loss_rebound(collapsed)["loss/rebound"] > 2.0
+    recovered = [3.0 - 0.01 * i for i in range(100)] + [3.0] * 50 + [2.0 - 0.001 * i for i in range(150)]
+    assert loss_rebound(recovered)["loss/max_rise"] > 1.4 and loss_rebound(healthy)["loss/max_rise"] == 1.0
     assert count_spikes(collapsed) == 0
     assert loss_rebound([1.0] * 10) == {}
 

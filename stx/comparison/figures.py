@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stx.compare.tables import REFERENCES, metric_columns
+from stx.comparison.tables import REFERENCES, metric_columns
 from stx.evaluate.plots import CONDITION_COLORS, UNITS, _figure, project_2d
 
 REFERENCE_COLORS = {"baseline": "#4d4d4d", "mean_shift": "#878787", "perturbed_mean": "#bababa", "truth": "#e0e0e0"}
@@ -115,7 +115,7 @@ def group_heatmaps(groups: dict[str, pd.DataFrame], metric: str, out: Path) -> P
             ax.set_ylabel("cell type")
         for (i, j), value in np.ndenumerate(values):
             ax.text(j, i, "n/a" if not np.isfinite(value) else f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="w" if lower and np.isfinite(value) and value < 0.6 else "k")
+                    color="w" if lower and np.isfinite(value) and value > 0.9 else "k")  # dark cells: light text
         ax.set_title(name, fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label=METRIC_LABELS.get(metric, metric))

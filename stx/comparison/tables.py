@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stx.compare.query import RunRecord, finite
-from stx.compare.stats import NO_CLEAR, Estimate, bootstrap, score, verdict
+from stx.comparison.query import RunRecord, finite
+from stx.comparison.stats import NO_CLEAR, Estimate, bootstrap, score, verdict
 from stx.evaluate.metrics import ALL_METRICS, METRICS, TARGETS, meets_target
 from stx.variants import VARIANTS
 
@@ -59,13 +59,37 @@ def _seed(record: RunRecord) -> int:
     return int(record.params.get("trainer.seed", 0) or 0)
 
 
+def config_of(record: RunRecord) -> str:
+    """The run's configuration digest (runs made before stx recorded one: their steps and lr)."""
+    return record.tags.get("stx.config_digest") or \
+        f"{record.params.get('trainer.max_steps', '?')} steps, lr {record.params.get('trainer.lr', '?')}"
+
+
+def row_keys(records: list[RunRecord]) -> dict[str, tuple[str, str]]:
+    """run id -> (row name, config): a variant's runs of one configuration share a row (their
+    seeds pooled); a variant with several configurations gets one row per configuration,
+    named with its steps and digest, never one pooled row."""
+    configs: dict[str, set[str]] = {}
+    for record in records:
+        configs.setdefault(record.variant, set()).add(config_of(record))
+    keys = {}
+    for record in records:
+        name = record.variant
+        if len(configs[name]) > 1:
+            steps = record.tags.get("stx.steps") or record.params.get("trainer.max_steps", "?")
+            name = f"{name} [{steps} steps, {config_of(record)[:6]}]"
+        keys[record.run_id] = (name, config_of(record))
+    return keys
+
+
 def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> list[Row]:
-    """Rows from runs and their `metrics_by_group.csv`: one per variant (its seeds pooled),
-    one per reference predictor (taken from the runs, which share the test design)."""
+    """Rows from runs and their `metrics_by_group.csv`: one per variant and configuration (its
+    seeds pooled), one per reference predictor (taken from the runs, which share the test
+    design)."""
     rows: list[Row] = []
-    variants = sorted({r.variant for r in records}, key=_order)
-    for variant in variants:
-        runs = tuple(r for r in records if r.variant == variant)
+    keys = row_keys(records)
+    for name in {keys[r.run_id][0] for r in records}:
+        runs = tuple(r for r in records if keys[r.run_id][0] == name)
         frames = []
         for record in runs:
             frame = by_run.get(record.run_id)
@@ -74,7 +98,7 @@ def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> lis
             own = frame[frame["predictor"] == "model"] if "predictor" in frame else frame
             frames.append(own.assign(seed=_seed(record)))
         if frames:
-            rows.append(Row(variant, "variant", pd.concat(frames, ignore_index=True), runs))
+            rows.append(Row(name, "variant", pd.concat(frames, ignore_index=True), runs))
     present = {row.name for row in rows}
     for name in REFERENCES:
         if name in present:  # a baseline run is the baseline reference itself
@@ -84,7 +108,7 @@ def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> lis
             if frame is not None and "predictor" in frame and (frame["predictor"] == name).any():
                 rows.append(Row(name, "reference", frame[frame["predictor"] == name].assign(seed=0), (record,)))
                 break
-    return sorted(rows, key=lambda r: _order(r.name))
+    return sorted(rows, key=lambda r: (*_order(r.name.split(" [")[0]), r.name))
 
 
 def estimate(row: Row, metric: str, heldout: bool = False) -> Estimate:
@@ -123,16 +147,20 @@ def comparison_table(rows: list[Row], heldout: bool = False) -> pd.DataFrame:
             line[metric], line[f"{metric}_low"], line[f"{metric}_high"] = est.mean, est.low, est.high
             n_groups = max(n_groups, est.n_groups)
         line["n_groups"] = n_groups
+        versions = [f"models:/stx-{r.variant}/{r.model_version}" for r in row.runs if r.model_version]
+        line["source"] = ", ".join(versions) if versions else ("runs" if row.kind == "variant" else "each run")
         line["targets_met"] = ", ".join(m for m in TARGETS if finite(line[m]) and meets_target(m, float(line[m]))) \
             or "none"
         for name, key in DYNAMICS.items():
-            values = [r.metrics.get(key, r.params.get(key, math.nan)) for r in row.runs] if row.kind == "variant" \
-                else []
+            # an untrained run (baseline) has a trainer.max_steps param but took no step
+            values = [r.metrics.get(key, r.params.get(key, math.nan)) if key != "trainer.max_steps" or
+                      "train/wall_time_s" in r.metrics else 0 for r in row.runs] if row.kind == "variant" else []
             values = [float(v) for v in values if finite(_num(v))]
             line[name] = float(np.mean(values)) if values else math.nan
         out.append(line)
     table = pd.DataFrame(out)
-    return table.dropna(axis=1, how="all") if not table.empty else table
+    empty = [k for k in DYNAMICS if k in table and table[k].isna().all()]  # e.g. only untrained rows
+    return table.drop(columns=empty)
 
 
 def _num(value: object) -> float:
@@ -186,12 +214,13 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, heldout: pd.DataFrame 
     lines = ["## Held-out metrics (mean [95% interval])", "",
              "energy_ratio is the headline (0 = perfect, 1 = no better than the unchanged controls); "
              "cell_* metrics compare each predicted cell with its own counterfactual (synthetic data only).", "",
-             "| row | runs | groups | " + " | ".join(metrics) + " | targets met |",
-             "|---|---|---|" + "---|" * (len(metrics) + 1)]
+             "| row | runs | groups | " + " | ".join(metrics) + " | targets met | from |",
+             "|---|---|---|" + "---|" * (len(metrics) + 2)]
     for _, line in table.iterrows():
         runs = f"{line['n_runs']}" if line["kind"] == "variant" else "reference"
         lines.append(f"| {line['row']} | {runs} | {line['n_groups']} | "
-                     + " | ".join(_cell(line, m) for m in metrics) + f" | {line['targets_met']} |")
+                     + " | ".join(_cell(line, m) for m in metrics) + f" | {line['targets_met']} | "
+                     f"{line.get('source', '')} |")
     lines += _diff_section(diffs, "Versus the references and lora")
     if heldout is not None and not heldout.empty and metric_columns(heldout):
         hm = metric_columns(heldout)

@@ -52,16 +52,17 @@ def test_small_study_nests_trials_and_sets_the_champion(tmp_path, monkeypatch, c
     assert {"sweep/trials.csv", "sweep/optimization_history.png"} <= artifacts
     champion = client.get_model_version_by_alias("stx-lora", "champion")
     assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
-    # a second sweep with the same name needs --resume
-    again = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1")
-    assert again.exit_code == 2 and "already exists" in again.output and "--resume" in again.output
-    resumed = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--resume", "--pruner", "none")
+    # a second sweep with the same name joins the study (a worker on another machine does the same);
+    # --new refuses to
+    again = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--new")
+    assert again.exit_code == 2 and "already exists" in again.output and "drop --new to join it" in again.output
+    resumed = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--pruner", "none")
     assert resumed.exit_code == 0, resumed.output
     assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 4
 
 
 def test_pruned_and_failed_trials_in_optuna_and_mlflow(tmp_path, monkeypatch, config):
-    from stx.sweep import study as study_module
+    from stx.sweeps import study as study_module
     from stx.train.module import STSystem
 
     calls = {"n": 0}

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stx.compare.query import RunRecord, cast_params, check_same_data
-from stx.compare.stats import NO_CLEAR, bootstrap, score, verdict
-from stx.compare.tables import build_rows, comparison_table, differences, summary_lines, to_markdown
+from stx.comparison.query import RunRecord, cast_params, check_same_data
+from stx.comparison.stats import NO_CLEAR, bootstrap, score, verdict
+from stx.comparison.tables import build_rows, comparison_table, differences, summary_lines, to_markdown
 from stx.errors import StxError
 
 GROUPS = [("Burn", ct, d) for ct in ("A", "B", "C") for d in ("1", "2")]
@@ -107,3 +107,16 @@ def test_mixed_data_sets_are_refused_unless_allowed():
 def test_params_are_cast_in_one_place():
     params = cast_params({"trainer.lr": "0.0005", "model.lora.r": "16", "data.embed_key": "X_state"})
     assert params == {"trainer.lr": 5e-4, "model.lora.r": 16, "data.embed_key": "X_state"}
+
+
+def test_runs_of_different_configurations_are_never_pooled():
+    records = [RunRecord("a", "lora", "1", "x", {}, {"trainer.seed": 0}, {"stx.config_digest": "aaaaaaaaaaaa",
+                                                                          "stx.steps": "600"}, ""),
+               RunRecord("b", "lora", "1", "x", {}, {"trainer.seed": 1}, {"stx.config_digest": "aaaaaaaaaaaa",
+                                                                          "stx.steps": "600"}, ""),
+               RunRecord("c", "lora", "1", "x", {}, {"trainer.seed": 0}, {"stx.config_digest": "bbbbbbbbbbbb",
+                                                                          "stx.steps": "20"}, "")]
+    rows = build_rows(records, {r: _frame([0.3] * 6) for r in "abc"})
+    names = [r.name for r in rows]
+    assert names == ["lora [20 steps, bbbbbb]", "lora [600 steps, aaaaaa]"]
+    assert [len(r.runs) for r in rows] == [1, 2]

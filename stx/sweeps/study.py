@@ -38,7 +38,7 @@ class SweepRequest:
     timeout: float | None = None
     sampler: str = "tpe"
     pruner: str = "median"
-    resume: bool = False
+    resume: bool = False  # join an existing study of that name (the CLI default)
     tracking_uri: str = ""
     experiment: str | None = None
 
@@ -130,12 +130,14 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
 
     from stx.config import load_config
     from stx.experiment import run_experiment
-    from stx.sweep.space import as_overrides, search_space, suggest
+    from stx.sweeps.space import as_overrides, search_space, suggest
     from stx.variants import resolve_variant
 
     base = load_config(req.config_path, req.overrides)
     values = suggest(trial, search_space(resolve_variant(req.variant), base.sweep.params, base.sweep.fixed))
-    cfg = load_config(req.config_path, [*req.overrides, *as_overrides(base.sweep.fixed), *as_overrides(values)])
+    # trials keep their model package locally; only the best one is registered, when the study ends
+    cfg = load_config(req.config_path, [*req.overrides, *as_overrides(base.sweep.fixed), *as_overrides(values),
+                                        "tracking.register_model=false"])
     callbacks = (PruningReporter(trial),) if req.pruner != "none" else ()
     try:
         summary = run_experiment(cfg, req.variant, req.tracking_uri, experiment=req.experiment, progress=False,
@@ -144,8 +146,6 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
     except RunPruned:
         raise optuna.TrialPruned() from None
     trial.set_user_attr("mlflow_run_id", summary.run_id)
-    if summary.model_version:
-        trial.set_user_attr("model_version", summary.model_version)
     # the run's own values first: they exist even when the store was away and the run held them
     metrics = {**summary.metrics, **summary.reference}
     if base.sweep.objective not in metrics and not summary.held:
@@ -168,9 +168,9 @@ def _worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) 
 
 
 def _spawned_worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) -> None:
-    from stx.cli import _setup_logging
+    from stx.api import setup_logging
 
-    _setup_logging(False)
+    setup_logging(False)
     _share_cpus(req.workers)
     _worker(req, parent_run_id, storage_url, seed)
 
@@ -204,8 +204,10 @@ def run_sweep(req: SweepRequest) -> SweepSummary:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exists = study_name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if exists and not req.resume:
-        raise StxError(f"study '{study_name}' already exists in {mask_secrets(storage_url)}; pass --resume to "
-                       f"continue it or choose another --study")
+        raise StxError(f"study '{study_name}' already exists in {mask_secrets(storage_url)}; drop --new to join it "
+                       f"or choose another --study")
+    if exists:
+        log.info("joining study '%s' in %s", study_name, mask_secrets(storage_url))
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 direction=cfg.sweep.resolved_direction(),
                                 sampler=make_sampler(req.sampler, cfg.trainer.seed), pruner=make_pruner(req.pruner))
@@ -233,11 +235,31 @@ def run_sweep(req: SweepRequest) -> SweepSummary:
         return _summarise(study, req, parent, storage_url, start)
 
 
+def _register_best(req: SweepRequest, run_id: str) -> str | None:
+    """Register the best trial's model (trials do not register theirs, so the registry holds
+    one version per sweep, not one per trial)."""
+    from mlflow import MlflowClient
+
+    from stx.experiment import register
+    from stx.tracking.run import tracked_run
+    from stx.variants import resolve_variant
+
+    run = MlflowClient(req.tracking_uri).get_run(run_id)
+    package = Path(run.data.tags.get("stx.output_dir", "")) / "model_package"
+    if not (package / "model.json").is_file():
+        log.warning("the best trial's model package %s is not on this machine (the trial ran elsewhere): register it "
+                    "there with stx.experiment.register, or rerun the trial's config with stx run", package)
+        return None
+    name = MlflowClient(req.tracking_uri).get_experiment(run.info.experiment_id).name
+    with tracked_run(req.tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run_id) as handle:
+        return register(package, handle, resolve_variant(req.variant))
+
+
 def _summarise(study, req: SweepRequest, parent, storage_url: str, start: float) -> SweepSummary:  # noqa: ANN001
     import optuna
     from mlflow import MlflowClient
 
-    from stx.sweep.plots import study_plots
+    from stx.sweeps.plots import study_plots
 
     states = {s.name: 0 for s in optuna.trial.TrialState}
     for t in study.trials:
@@ -258,13 +280,15 @@ def _summarise(study, req: SweepRequest, parent, storage_url: str, start: float)
         best_run = best.user_attrs.get("mlflow_run_id")
         parent.log_metrics({"best_value": best_value})
         parent.log_params({f"best.{k}": str(v) for k, v in best_params.items()})
-        version = best.user_attrs.get("model_version")
+        version = _register_best(req, best_run) if best_run else None
         if version:
+            from stx.tracking.registry import CHAMPION, champion_alias
             from stx.variants import resolve_variant
 
             name = f"stx-{resolve_variant(req.variant).name}"
-            MlflowClient(req.tracking_uri, registry_uri=req.tracking_uri).set_registered_model_alias(
-                name, "champion", version)
+            client = MlflowClient(req.tracking_uri, registry_uri=req.tracking_uri)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            client.set_registered_model_alias(name, champion_alias(parent.experiment_id), version)
             champion = f"models:/{name}@champion (version {version})"
         parent.set_tags({"stx.best_run": best_run or "", "stx.champion": champion or ""})
     return SweepSummary(study.study_name, mask_secrets(storage_url), parent.run_id,

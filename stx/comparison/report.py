@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stx.compare import figures
-from stx.compare.query import RunRecord, check_same_data, experiment_runs, registry_runs
-from stx.compare.tables import Row, build_rows, comparison_table, differences, summary_lines, to_markdown
+from stx.comparison import figures
+from stx.comparison.query import RunRecord, check_same_data, experiment_runs, registry_runs
+from stx.comparison.tables import Row, build_rows, comparison_table, differences, summary_lines, to_markdown
 from stx.errors import StxError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class CompareResult:
     run_id: str | None
     n_runs: int
     seconds: float
+    tracking_uri: str = ""
 
 
 def _download(run: RunRecord, path: str, dst: Path) -> Path:
@@ -56,8 +57,9 @@ def _experiment_ids(client, experiment: str | None) -> list[str] | None:  # noqa
     return [found.experiment_id]
 
 
-def gather(client, experiment: str | None, runs: str, allow_mixed: bool) -> list[RunRecord]:  # noqa: ANN001
-    """The runs to compare (see `stx.compare.query`), checked for a common data set."""
+def gather(client, experiment: str | None, runs: str, allow_mixed: bool,  # noqa: ANN001
+           trials: bool = False) -> list[RunRecord]:
+    """The runs to compare (see `stx.comparison.query`), checked for a common data set."""
     ids = _experiment_ids(client, experiment)
     if runs == "registry":
         records = registry_runs(client, ids)
@@ -67,11 +69,31 @@ def gather(client, experiment: str | None, runs: str, allow_mixed: bool) -> list
     else:
         if ids is None:
             ids = [e.experiment_id for e in client.search_experiments(max_results=1000)]
-        records = experiment_runs(client, ids)
+        records = experiment_runs(client, ids, trials)
         if not records:
             raise StxError(f"no finished stx runs in {f'experiment {experiment!r}' if experiment else 'the store'}")
     check_same_data(records, allow_mixed)
+    _warn_unlike(records, runs)
     return records
+
+
+def _warn_unlike(records: list[RunRecord], runs: str) -> None:
+    """Say when rows were trained differently: a variant split into one row per configuration,
+    or registry versions trained for different numbers of steps."""
+    from stx.comparison.tables import config_of
+
+    by_variant: dict[str, set[str]] = {}
+    for record in records:
+        by_variant.setdefault(record.variant, set()).add(config_of(record))
+    split = [v for v, configs in by_variant.items() if len(configs) > 1]
+    if split:
+        log.warning("runs of %s were trained with different configurations: each configuration is its own row "
+                    "(named with its steps and config digest), never pooled", ", ".join(split))
+    steps = {r.variant: r.tags.get("stx.steps") for r in records if r.variant != "baseline" and r.tags.get("stx.steps")}
+    if runs == "registry" and len(set(steps.values())) > 1:
+        shown = ", ".join(f"{v} {s}" for v, s in sorted(steps.items()))
+        log.warning("the registered versions compared were trained for different numbers of steps (%s): a "
+                    "champion from a short sweep trial is not comparable with full runs", shown)
 
 
 def default_out(experiment: str | None, runs: str) -> Path:
@@ -81,13 +103,14 @@ def default_out(experiment: str | None, runs: str) -> Path:
 
 
 def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | None = None, runs: str = "registry",
-            allow_mixed: bool = False, projection: str = "auto", log_run: bool = True) -> CompareResult:
+            allow_mixed: bool = False, projection: str = "auto", log_run: bool = True,
+            trials: bool = False) -> CompareResult:
     """Build the comparison of the selected runs into `out_dir` (and a compare run in MLflow)."""
     from stx.tracking.run import connect
 
     start = time.perf_counter()
     client = connect(tracking_uri)
-    records = gather(client, experiment, runs, allow_mixed)
+    records = gather(client, experiment, runs, allow_mixed, trials)
     out_dir = out_dir or default_out(experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +135,7 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
         _figures(client, rows, table, tmp_dir, out_dir, projection)
     run_id = _log_compare_run(client, records, out_dir, experiment) if log_run else None
     return CompareResult(out_dir, table, diffs, summary_lines(table, diffs), run_id, len(records),
-                         time.perf_counter() - start)
+                         time.perf_counter() - start, tracking_uri)
 
 
 def newest_run(row: Row) -> RunRecord | None:

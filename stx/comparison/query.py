@@ -53,43 +53,55 @@ def _record(run, version: str | None = None) -> RunRecord:  # noqa: ANN001 - mlf
 
 
 def registry_runs(client, experiment_ids: list[str] | None = None) -> list[RunRecord]:  # noqa: ANN001
-    """The run behind alias `champion` of each `stx-*` model, else behind its newest version."""
+    """For each `stx-*` model, the version `stx.tracking.registry.pick_version` picks: within an
+    experiment (`experiment_ids`), only versions registered by that experiment's runs."""
+    from stx.tracking.registry import pick_version
+
     records = []
     token = None
+    scopes = experiment_ids or [None]
     while True:
         page = client.search_registered_models("name LIKE 'stx-%'", max_results=100, page_token=token)
         for model in page:
             if model.name == "stx-compare":
                 continue
-            version = _champion_or_newest(client, model)
-            if version is None:
-                continue
-            run = client.get_run(version.run_id)
-            if experiment_ids and run.info.experiment_id not in experiment_ids:
-                continue
-            records.append(_record(run, version.version))
+            for experiment_id in scopes:
+                version = pick_version(client, model, experiment_id) or _untagged(client, model, experiment_id)
+                if version is None:
+                    continue
+                run = client.get_run(version.run_id)
+                if experiment_id is not None and run.info.experiment_id != experiment_id:
+                    continue
+                records.append(_record(run, version.version))
         token = page.token
         if not token:
             break
     return records
 
 
-def _champion_or_newest(client, model):  # noqa: ANN001
-    aliases = getattr(model, "aliases", {}) or {}
-    if "champion" in aliases:
-        return client.get_model_version(model.name, aliases["champion"])
-    versions = client.search_model_versions(f"name = '{model.name}'", max_results=1000)
-    return max(versions, key=lambda v: int(v.version), default=None)
+def _untagged(client, model, experiment_id: str | None):  # noqa: ANN001
+    """Versions registered before stx tagged them: the newest whose run is in the experiment."""
+    if experiment_id is None:
+        return None
+    versions = sorted(client.search_model_versions(f"name = '{model.name}'", max_results=1000),
+                      key=lambda v: -int(v.version))
+    for version in versions:
+        if "stx.experiment_id" in (version.tags or {}):
+            continue
+        if client.get_run(version.run_id).info.experiment_id == experiment_id:
+            return version
+    return None
 
 
-def experiment_runs(client, experiment_ids: list[str]) -> list[RunRecord]:  # noqa: ANN001
-    """Every FINISHED stx run of the experiments (paged search, one query per 1000 runs)."""
+def experiment_runs(client, experiment_ids: list[str], trials: bool = False) -> list[RunRecord]:  # noqa: ANN001
+    """Every FINISHED stx run of the experiments (paged search, one query per 1000 runs);
+    sweep trials (tag `stx.parent`) only with `trials`."""
     records = []
     token = None
     while True:
         page = client.search_runs(experiment_ids, "attributes.status = 'FINISHED' and tags.`stx.variant` != ''",
                                   max_results=PAGE, page_token=token, order_by=["attributes.start_time DESC"])
-        records += [_record(run) for run in page]
+        records += [_record(run) for run in page if trials or "stx.parent" not in run.data.tags]
         token = page.token
         if not token:
             break

@@ -2,7 +2,7 @@ import pytest
 
 from stx.config import SweepParam, load_config
 from stx.errors import ConfigError
-from stx.sweep.space import as_overrides, search_space
+from stx.sweeps.space import as_overrides, search_space
 from stx.variants import resolve_variant
 
 
