@@ -96,9 +96,10 @@ def _tracking_option(func):  # noqa: ANN001 - decorator
               help="With --variant all: runs per variant (seeds seed, seed+1, ...).")
 @click.option("--resume", "resume", metavar="RUN_ID|last",
               help="Continue a killed run from its newest checkpoint, into the same MLflow run.")
+@click.option("--abandon", metavar="RUN_ID|last", help="End a run that cannot be resumed as KILLED.")
 def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...], seed: int | None,
         tracking_uri: str | None, experiment: str | None, devices: int | None, seeds: int,
-        resume: str | None) -> None:
+        resume: str | None, abandon: str | None) -> None:
     """Fine-tune (or, for baseline, only evaluate) one variant; everything goes to MLflow.
 
     `--variant all` trains the five variants one after another (`--seeds N` times each) and
@@ -111,6 +112,13 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
 
     # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if abandon:
+        from stx.experiment import abandon_run
+        from stx.tracking.store import resolve_tracking_uri
+
+        run_id = abandon_run(abandon, resolve_tracking_uri(tracking_uri), experiment)
+        click.echo(f"Run {run_id} is now KILLED (tag stx.error says it was abandoned); start it again with stx run.")
+        return
     if resume:
         if variant or config_path or overrides or seed is not None:
             raise StxError("--resume continues a run with its own variant and config; pass no --variant, "

@@ -31,11 +31,17 @@ from pydantic import (
 from stx.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
+# what a sweep can optimise (tests check that evaluation logs each of the eval/* names)
+EVAL_METRICS = ("energy_ratio", "pearson_delta", "direction_cos", "magnitude_ratio", "temporal_coherence", "cell_cos",
+                "cell_r2", "cell_r2_matched")
+OBJECTIVES = ("val/energy_loss", "val/loss", "val/best_loss",
+              *(f"eval/{m}" for m in EVAL_METRICS), *(f"eval/heldout/{m}" for m in EVAL_METRICS))
 SHIPPED_CHECKPOINTS = ("stx-mini",)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # inf and NaN are never meaningful settings (an infinite learning rate trains on NaN)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def _empty_to_none(value: Any) -> Any:
@@ -184,7 +190,8 @@ class TrainerConfig(_Section):
     batch_size: PositiveInt = Field(8, description="cell sets per step")
     cell_set_len: PositiveInt = Field(64, description="cells per set")
     devices: PositiveInt = Field(1, description="processes (GPUs, or CPU processes with gloo)")
-    strategy: str = Field("auto", description="Lightning strategy")
+    strategy: str = Field("auto", pattern=r"^(auto|single_device|dp|ddp\w*|fsdp\w*|deepspeed\w*)$",
+                          description="Lightning strategy: auto, ddp (or a variant), fsdp, deepspeed, single_device")
     precision: Literal["auto", "32", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on a GPU, 32 on CPU"
     )
@@ -234,7 +241,9 @@ class SweepParam(_Section):
 class SweepConfig(_Section):
     """`stx sweep`: what to optimise and over which keys (defaults: LoRA rank, lr, velocity lambda)."""
 
-    objective: str = Field("val/loss", description="run metric to optimise: val/loss or any eval/* metric")
+    objective: str = Field(
+        "val/energy_loss", description="run metric to optimise: val/energy_loss (comparable across variants), "
+                                       "val/loss, val/best_loss, or an eval/* metric (tunes on the test split)")
     direction: Literal["auto", "minimize", "maximize"] = Field(
         "auto", description="auto: minimise losses and energy_ratio, maximise the rest"
     )
@@ -247,8 +256,10 @@ class SweepConfig(_Section):
         for key in [*self.params, *self.fixed]:
             if known and key not in known and not key.startswith(("datasets.", "training.")):
                 raise ValueError(f"sweep key '{key}' is not a config key{_suggest(key, sorted(known))}")
-        if not (self.objective in ("val/loss", "val/best_loss") or self.objective.startswith("eval/")):
-            raise ValueError("sweep.objective must be val/loss, val/best_loss or an eval/* metric")
+        if self.objective not in OBJECTIVES:
+            shown = ", ".join(OBJECTIVES[:4]) + ", eval/<metric>"
+            hint = _suggest(self.objective, list(OBJECTIVES))
+            raise ValueError(f"sweep.objective '{self.objective}' is not a metric stx logs{hint}; choose {shown}")
         return self
 
     def resolved_direction(self) -> str:
@@ -335,7 +346,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"{file}: config file not found")
-        source, text, base_dir = str(file), file.read_text(encoding="utf-8"), file.resolve().parent
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+        source, base_dir = str(file), file.resolve().parent
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -217,7 +217,8 @@ def _execute(cfg, variant, prep: Prepared, run, out_dir, devices, progress, call
         _settle_metrics(buffer, run, min(cfg.tracking.outage_grace_s, 10.0))
         raise
     _settle_metrics(buffer, run, cfg.tracking.outage_grace_s)
-    metrics, reference = _evaluate_and_log(cfg, variant, prep, run, out_dir, buffer, fit_result, start, baseline)
+    metrics, reference = _evaluate_and_log(cfg, variant, prep, run, out_dir, buffer, fit_result, start, baseline,
+                                           skip_logged or {})
     package = _package(cfg, variant, prep, out_dir)  # kept locally even unregistered: a sweep registers its best
     version = register(package, run, variant) if cfg.tracking.register_model else None
     return metrics, reference, version
@@ -265,7 +266,8 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise StxError(f"run {run.info.run_id} has no checkpoint to resume from ({ckpt}); it stopped before its "
-                       f"first checkpoint (trainer.checkpoint_every_n_steps): start it again")
+                       f"first checkpoint (trainer.checkpoint_every_n_steps): close it with 'stx run --abandon "
+                       f"{run.info.run_id}' and start again")
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run.info.run_id, "config/resolved.toml", tmp)
         cfg = load_config(local)
@@ -282,6 +284,18 @@ def resume_experiment(run_ref: str, tracking_uri: str, devices: int | None = Non
         artifact_uri = handle.artifact_uri()
     return RunSummary(run.info.run_id, run.info.run_name, name, tracking_uri, artifact_uri, metrics, reference,
                       version, variant.name, time.perf_counter() - start, _held(handle))
+
+
+def abandon_run(run_ref: str, tracking_uri: str, experiment: str | None = None) -> str:
+    """End a run that cannot be resumed (killed before its first checkpoint, or its machine
+    gone) as KILLED, with the reason in `stx.error`; returns its id."""
+    from stx.tracking.run import connect
+
+    client = connect(tracking_uri)
+    run = _find_resumable(client, run_ref, experiment)
+    client.set_tag(run.info.run_id, "stx.error", "abandoned with stx run --abandon (it could not be resumed)")
+    client.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id
 
 
 def _find_resumable(client, run_ref: str, experiment: str | None):  # noqa: ANN001
@@ -353,7 +367,7 @@ def _train(cfg: Config, prep: Prepared, out_dir: Path, devices: int | None, buff
 
 
 def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_result, start,  # noqa: ANN001
-                      baseline: Predictions) -> tuple[dict[str, float], dict[str, float]]:
+                      baseline: Predictions, logged: dict[str, int]) -> tuple[dict[str, float], dict[str, float]]:
     from stx.data.builtin import write_h5ad_atomic
     from stx.evaluate.pipeline import cell_figure, evaluate_run
     from stx.evaluate.plots import plot_curves
@@ -371,8 +385,9 @@ def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_re
         if np.isfinite(fit_result.best_val):
             summary["val/best_loss"] = fit_result.best_val
     summary["run/wall_time_s"] = time.perf_counter() - start
-    # at step 0: the MLflow UI draws step-0 metrics as bars per run and per group
-    run.log_metrics(summary, step=0)
+    # at step 0: the MLflow UI draws step-0 metrics as bars per run and per group; a resumed
+    # run that got this far before logs none of them twice
+    run.log_metrics({k: v for k, v in summary.items() if k not in logged}, step=0)
 
     data_dir = out_dir / "data"
     data_dir.mkdir(exist_ok=True)

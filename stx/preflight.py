@@ -35,7 +35,20 @@ def preflight(cfg: Config, velocity: bool = False) -> Checked:
     check_covariates(table, plan, split.mask(TRAIN), ~split.mask(TRAIN))
     design = make_design(table, split, cfg.data.split_seed, split.heldout)
     check_design(design, table, cfg.data.min_group_cells)
+    check_output_dir(Path(cfg.tracking.output_dir))
     return Checked(table, split, plan, design, check_checkpoint(cfg, table))
+
+
+def check_output_dir(folder: Path) -> None:
+    """tracking.output_dir is a folder stx can write (run folders and checkpoints go there)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".stx-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise StxError(f"{folder.resolve()}: cannot write run folders there (tracking.output_dir; "
+                       f"{err.strerror or err}): point tracking.output_dir at a writable folder") from None
 
 
 def check_checkpoint(cfg: Config, table: CellTable) -> dict[str, object]:

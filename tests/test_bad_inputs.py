@@ -56,10 +56,48 @@ def inputs(tmp_path_factory, demo_path, demo_adata):
     b.obs["sex"] = np.where(test, "X", b.obs["sex"].to_numpy())
     save("sex_unseen.h5ad", b)
     probe.unlink()
+    b = a.copy()
+    b.obsm["X_state"][7, 2] = 1e30
+    save("huge.h5ad", b)
+    b = a.copy()
+    b.obsm["X_state"] = np.ones_like(b.obsm["X_state"])
+    save("constant.h5ad", b)
+    b = a.copy()
+    b.obsm["X_state"] = b.obsm["X_state"].astype(np.complex64) * (1 + 1j)
+    save("complex.h5ad", b)
+    b = a.copy()
+    labels = b.obs["condition"].astype(str).to_numpy().copy()
+    labels[:5] = "Sham "  # a control label typed with a trailing space
+    b.obs["condition"] = labels
+    save("sham_space.h5ad", b)
+    (root / "latin1.toml").write_bytes('[datasets]\nd = "caf\xe9.h5ad"\n'.encode("latin-1"))
+    for name, payload in (("payload_ckpt", "pickle"), ("random_ckpt", "random")):
+        ckpt = root / name
+        shutil.copytree(checkpoint_dir("stx-mini"), ckpt)
+        if payload == "pickle":
+            import torch
+
+            state = torch.load(ckpt / "checkpoints/final.ckpt", weights_only=True)
+            state["hyper_parameters"]["hook"] = _Payload(root / "payload-ran")
+            torch.save(state, ckpt / "checkpoints/final.ckpt")
+        else:
+            (ckpt / "checkpoints/final.ckpt").write_bytes(bytes(range(256)) * 40)
     bad_ckpt = root / "ckpt"
     shutil.copytree(checkpoint_dir("stx-mini"), bad_ckpt)
     (bad_ckpt / "pert_onehot_map.pt").unlink()
     return root
+
+
+class _Payload:
+    """Unpickling this would create a file: proof that a checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
 
 
 def _config(root, data="good.h5ad", extra=""):
@@ -103,6 +141,20 @@ CASES = [
     ("held-out group not in the data", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", 'data.heldout_groups=["Fibro:14"]'], "data.heldout_groups: cell type 'Fibro'"),
     ("control time not a time point", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "data.control_time=0"], 'data.control_time = "0" is not a time point'),
     ("unknown demo world", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", 'datasets.d="builtin:demo?world=nope"'], "unknown world 'nope'"),
+    ("absurd embedding values", lambda r: ["run", "--variant", "lora", "--config", _config(r, "huge.h5ad")], "has values beyond +-1e+06 in 1 cells"),
+    ("constant embedding", lambda r: ["run", "--variant", "lora", "--config", _config(r, "constant.h5ad")], "is the same for every cell (constant)"),
+    ("complex embedding", lambda r: ["run", "--variant", "lora", "--config", _config(r, "complex.h5ad")], "is complex (complex64)"),
+    ("labels differing by a space", lambda r: ["run", "--variant", "lora", "--config", _config(r, "sham_space.h5ad")], "labels 'Sham' and 'Sham ' (data.pert_col) differ only by case or spaces"),
+    ("validate sees the same label mistake", lambda r: ["data", "validate", "--config", _config(r, "sham_space.h5ad")], "differ only by case or spaces"),
+    ("infinite learning rate", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.lr=inf"], "trainer.lr: Input should be a finite number"),
+    ("learning rate that diverges", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.lr=1e6", "--set", "trainer.grad_clip=0", "--set", "trainer.max_steps=12", "--set", "trainer.log_every_n_steps=2"], "training diverged at step"),
+    ("non-UTF-8 config", lambda r: ["run", "--variant", "lora", "--config", str(r / "latin1.toml")], "latin1.toml: not UTF-8 text"),
+    ("unknown Lightning strategy", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", "trainer.strategy=bogus"], "trainer.strategy: String should match pattern"),
+    ("sweep objective that is not logged", lambda r: ["sweep", "--variant", "lora", "--n-trials", "1", "--config", _config(r), "--set", "sweep.objective=eval/nope"], "sweep.objective 'eval/nope' is not a metric stx logs"),
+    ("checkpoint carrying a pickle payload", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'model.checkpoint="{r / "payload_ckpt"}"'], "refused to load: it holds pathlib"),
+    ("checkpoint of random bytes", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'model.checkpoint="{r / "random_ckpt"}"'], "final.ckpt: not a readable checkpoint"),
+    ("output_dir is a file", lambda r: ["run", "--variant", "lora", "--config", _config(r), "--set", f'tracking.output_dir="{r / "good.h5ad"}"'], "cannot write run folders there (tracking.output_dir"),
+    ("abandon a run that does not exist", lambda r: ["run", "--abandon", "e" * 32], "no such run"),
 ]
 
 
@@ -127,8 +179,9 @@ def test_bad_input(inputs, tmp_path, monkeypatch, name, args, message):
     assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], result.output
     assert message in lines[-1], result.output
     assert "Traceback" not in result.output
-    # no partial output files next to the inputs, no run left RUNNING
+    # no partial output files next to the inputs, no run left RUNNING, no payload ran
     assert {p for p in inputs.iterdir() if not p.name.startswith("c-")} <= before | {inputs / "broken.toml"}
+    assert not (inputs / "payload-ran").exists()
     db = tmp_path / "mlruns" / "mlflow.db"
     if db.exists():
         client = MlflowClient(f"sqlite:///{db}")
@@ -137,4 +190,36 @@ def test_bad_input(inputs, tmp_path, monkeypatch, name, args, message):
 
 
 def test_catalogue_is_large_enough():
-    assert len(CASES) >= 32
+    assert len(CASES) >= 46
+
+
+def test_the_working_directory_problems_get_one_line(tmp_path, monkeypatch, inputs):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").write_text("not a folder")
+    result = CliRunner().invoke(cli, ["run", "--variant", "lora", *FAST, "--config", _config(inputs)])
+    assert result.exit_code == 2 and "cannot keep the embedded tracking store there" in result.output, result.output
+
+
+def test_an_experiment_name_cannot_escape_the_artifact_root(tmp_path, monkeypatch, inputs):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "--variant", "baseline", *FAST, "--config", _config(inputs),
+                                      "--experiment", "..", "--set", "tracking.register_model=false"])
+    assert result.exit_code == 0, result.output
+    location = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_experiment_by_name("..").artifact_location
+    assert location.startswith((tmp_path / "mlruns" / "artifacts").as_uri()) and not location.endswith("/..")
+
+
+def test_a_run_that_cannot_resume_is_abandoned(tmp_path, monkeypatch, inputs):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.create_experiment("e")
+    run = client.create_run(exp, tags={"stx.variant": "lora", "stx.output_dir": str(tmp_path / "gone")})
+    result = CliRunner().invoke(cli, ["run", "--resume", run.info.run_id])
+    assert result.exit_code == 2 and f"stx run --abandon {run.info.run_id}" in result.output
+    result = CliRunner().invoke(cli, ["run", "--abandon", run.info.run_id])
+    assert result.exit_code == 0, result.output
+    assert client.get_run(run.info.run_id).info.status == "KILLED"

@@ -141,6 +141,58 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     assert not (workdir / "pred2.h5ad").exists()
 
 
+def test_registered_model_serves_over_rest(lora_run, workdir):
+    """`mlflow models serve` on a registered version answers /invocations like the pyfunc.
+    (--env-manager local: a fresh environment would install stx-perturb, pinned exactly.)"""
+    import json
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    import mlflow
+    import pandas as pd
+
+    _, client, run = lora_run
+    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
+    requirements = client.download_artifacts(run.info.run_id, "model/requirements.txt", str(workdir / "req"))
+    from stx import DISTRIBUTION, __version__
+
+    assert f"{DISTRIBUTION}=={__version__}" in open(requirements).read().split()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/stx-lora/1", "-p",
+                             str(port), "--host", "127.0.0.1", "--env-manager", "local"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    frame = pd.DataFrame(np.random.default_rng(1).normal(size=(6, 64)).astype(np.float32),
+                         columns=[f"X_state_{i}" for i in range(64)])
+    frame["condition"] = "Burn"
+    frame["day"] = ["10", "14", "19"] * 2
+    body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the model server did not start"
+                time.sleep(1)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.communicate(timeout=30)
+    served = pd.DataFrame(answer["predictions"]).to_numpy(float)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    local = mlflow.pyfunc.load_model("models:/stx-lora/1").predict(frame).to_numpy(float)
+    np.testing.assert_allclose(served, local, atol=1e-5)
+
+
 def test_baseline_evaluates_without_training(workdir, monkeypatch):
     result = _run(workdir, monkeypatch, "--variant", "baseline")
     assert result.exit_code == 0, result.output

@@ -25,6 +25,7 @@ from stx.errors import DataError
 
 log = logging.getLogger(__name__)
 
+MAX_ABS = 1e6  # an embedding coordinate beyond this is a unit or key mistake, not biology
 NO_BATCH = "all"
 NO_TIME = "all"
 NO_CELL_TYPE = "all"
@@ -170,6 +171,9 @@ def read_matrix(handle: h5py.File, path: Path, key: str) -> np.ndarray:
     if sp.issparse(value):
         value = value.toarray()
     value = np.asarray(value)
+    if np.iscomplexobj(value):
+        raise DataError(f"{path}: {_where(key)} is complex ({value.dtype}); an embedding must be real-valued "
+                        f"(dropping the imaginary part would silently change it)")
     if value.ndim != 2 or not np.issubdtype(value.dtype, np.number):
         raise DataError(f"{path}: {_where(key)} must be a numeric [cells, dims] matrix, got "
                         f"{value.dtype} with shape {value.shape}")
@@ -244,6 +248,9 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
     def vocab(key: str) -> list[str]:
         return sorted(set().union(*(set(p[key]) for p in parts)))
 
+    for key, config_key in (("pert", "data.pert_col"), ("cell_type", "data.cell_type_key"),
+                            ("batch", "data.batch_col"), ("day", "data.time_col")):
+        _refuse_near_duplicates(vocab(key), config_key, files[0])
     perts = vocab("pert")
     if dcfg.control_pert not in perts:
         shown = ", ".join(perts[:10])
@@ -313,6 +320,18 @@ def load_cells(cfg: Config, velocity: bool = False) -> CellTable:
     return _skip_incomplete_groups(table, dcfg.control_time)
 
 
+def _refuse_near_duplicates(labels: list[str], key: str, path: Path) -> None:
+    """Labels that differ only by case or surrounding spaces ("Sham" and "Sham ") are one
+    condition typed twice: treated as two, they would add false groups to every metric."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        norm = label.strip().casefold()
+        if norm in seen:
+            raise DataError(f"{path}: labels {seen[norm]!r} and {label!r} ({key}) differ only by case or spaces; "
+                            f"make them one label in the data (or map them before loading)")
+        seen[norm] = label
+
+
 def _read_dataset(path: Path, dcfg: DataConfig) -> dict[str, np.ndarray]:
     with open_h5ad(path) as handle:
         obs = read_obs(handle, path)
@@ -325,6 +344,14 @@ def _read_dataset(path: Path, dcfg: DataConfig) -> dict[str, np.ndarray]:
     if bad.any():
         raise DataError(f"{path}: {_where(dcfg.embed_key)} has NaN or inf values in {int(bad.sum())} "
                         f"cells (first: {obs.index[np.argmax(bad)]})")
+    huge = np.abs(emb).max(1) > MAX_ABS
+    if huge.any():
+        raise DataError(f"{path}: {_where(dcfg.embed_key)} has values beyond +-{MAX_ABS:g} in {int(huge.sum())} "
+                        f"cells (largest {float(np.abs(emb).max()):.3g}, first: {obs.index[np.argmax(huge)]}); "
+                        f"training on them overflows: check data.embed_key, or rescale the embedding")
+    if len(emb) > 1 and float(emb.std(0).max()) == 0.0:
+        raise DataError(f"{path}: {_where(dcfg.embed_key)} is the same for every cell (constant): there is "
+                        f"nothing to learn from; check data.embed_key")
     n = len(obs)
     return {
         "emb": emb,

@@ -30,7 +30,11 @@ _UNSUPPORTED = {
     "confidence_token": "a confidence token",
     "use_batch_token": "a batch token",
     "batch_predictor": "a batch predictor head",
+    "mask_attn": "masked attention",
 }
+# arc-state's names for the State Transition model in config.yaml (model.name); its other
+# models (pseudobulk, CPA, scVI, ...) compute other functions and are refused by name
+ST_MODEL_NAMES = ("state", "statetransition", "state_transition", "tx", "pertsets")
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,15 @@ def read_run_dir(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise StxError(f"{ckpt_path}: not a Lightning checkpoint (no state_dict)")
     hp: dict[str, Any] = dict(ckpt.get("hyper_parameters") or {})
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise StxError(f"{config_path}: not readable YAML ({err.__class__.__name__})") from None
+        model_cfg = config.get("model") if isinstance(config, dict) else None
+        if isinstance(model_cfg, dict) and model_cfg.get("name"):
+            hp.setdefault("stx_model_name", str(model_cfg["name"]))
     if "input_dim" not in hp:
         # older checkpoints: rebuild from config.yaml and var_dims.pkl
         config_path, dims_path = run_dir / "config.yaml", run_dir / "var_dims.pkl"
@@ -151,6 +164,13 @@ def spec_from_hparams(hp: dict[str, Any], perts: tuple[str, ...], batches: tuple
             raise StxError(f"{where}: checkpoints with {what} ({key}=true) are not supported")
     if hp.get("output_space") == "all":
         raise StxError(f"{where}: output_space='all' checkpoints are not supported")
+    model_name = str(hp.get("stx_model_name", "state")).lower()
+    if model_name not in ST_MODEL_NAMES:
+        raise StxError(f"{where}: config.yaml names model '{model_name}', not State Transition; stx runs ST only "
+                       f"(its model.name is 'state')")
+    if (hp.get("transformer_backbone_kwargs") or {}).get("bidirectional_attention") is False:
+        raise StxError(f"{where}: the checkpoint was trained with causal attention (bidirectional_attention: "
+                       f"false); stx runs ST's bidirectional attention only, which would compute another function")
     if any("lora_" in k for k in state_dict):
         raise StxError(f"{where}: checkpoint holds LoRA adapters; merge them before loading")
     # attention is always bidirectional in stx; the flag is arc-state's, not Llama's

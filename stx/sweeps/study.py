@@ -108,19 +108,21 @@ def make_pruner(name: str):  # noqa: ANN201
 
 
 class PruningReporter(L.Callback):
-    """Reports each validation loss to the trial and stops the run when the pruner says so."""
+    """Reports each validation loss (the objective's, when it is a validation metric) to the
+    trial and stops the run when the pruner says so."""
 
-    def __init__(self, trial):  # noqa: ANN001
+    def __init__(self, trial, key: str = "val/loss"):  # noqa: ANN001
         self.trial = trial
+        self.key = key if key in ("val/loss", "val/energy_loss") else "val/loss"
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        value = trainer.callback_metrics.get("val/loss")
+        value = trainer.callback_metrics.get(self.key)
         if value is None or trainer.sanity_checking:
             return
         step = trainer.global_step
         self.trial.report(float(value), step)
         if self.trial.should_prune():
-            raise RunPruned(f"pruned by the sweep at step {step} (val/loss {float(value):.4f})")
+            raise RunPruned(f"pruned by the sweep at step {step} ({self.key} {float(value):.4f})")
 
 
 def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: ANN001
@@ -138,13 +140,18 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
     # trials keep their model package locally; only the best one is registered, when the study ends
     cfg = load_config(req.config_path, [*req.overrides, *as_overrides(base.sweep.fixed), *as_overrides(values),
                                         "tracking.register_model=false"])
-    callbacks = (PruningReporter(trial),) if req.pruner != "none" else ()
+    callbacks = (PruningReporter(trial, base.sweep.objective),) if req.pruner != "none" else ()
     try:
         summary = run_experiment(cfg, req.variant, req.tracking_uri, experiment=req.experiment, progress=False,
                                  parent_run_id=parent_run_id, callbacks=callbacks,
                                  extra_tags={"stx.study": str(req.study), "stx.trial": str(trial.number)})
     except RunPruned:
         raise optuna.TrialPruned() from None
+    except Exception as err:
+        from stx.tracking.store import describe_error
+
+        trial.set_user_attr("error", describe_error(err, 200))
+        raise
     trial.set_user_attr("mlflow_run_id", summary.run_id)
     # the run's own values first: they exist even when the store was away and the run held them
     metrics = {**summary.metrics, **summary.reference}
@@ -160,11 +167,20 @@ def _worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) 
     import optuna
     from optuna.study import MaxTrialsCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna prints a traceback for every failed trial; stx says it in one line (the trial's
+    # MLflow run holds the error and its traceback)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=req.study, storage=make_storage(storage_url),
                               sampler=make_sampler(req.sampler, seed), pruner=make_pruner(req.pruner))
     study.optimize(partial(objective, req, parent_run_id), timeout=req.timeout, catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(req.n_trials, states=None)])
+                   callbacks=[MaxTrialsCallback(req.n_trials, states=None), _report_failure])
+
+
+def _report_failure(study, trial) -> None:  # noqa: ANN001 - Optuna's callback signature
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.FAIL:
+        log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get("error", "see its MLflow run"))
 
 
 def _spawned_worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -204,7 +205,9 @@ def ensure_experiment(client: object, name: str, uri: str) -> str:
 
 def _experiment_artifacts(uri: str, name: str) -> str | None:
     root = default_artifact_root(uri)
-    return f"{root}/{name}" if root else None
+    # the name becomes one folder below the root: never "..", never a path of its own
+    folder = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+    return f"{root}/{folder}" if root else None
 
 
 def _probe(uri: str) -> None:

@@ -19,7 +19,16 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
     if uri:
         return uri
     root = DEFAULT_DIR.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".stx-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        from stx.errors import StxError
+
+        raise StxError(f"{root}: cannot keep the embedded tracking store there ({err.strerror or err}); run from a "
+                       f"writable directory, or pass --tracking-uri / set MLFLOW_TRACKING_URI") from None
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
@@ -31,10 +40,16 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
+# scheme://user:PASSWORD@host: the password is everything up to the last "@" that is followed
+# by a host (and a port) and then the end of the address, so "/", "@", ":" and spaces in an
+# unencoded password are masked too; "://" never belongs to a password (a second URL does)
+_SECRET = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>(?:(?!://).)*?)"
+                     r"@(?P<host>[A-Za-z0-9.\-\[\]]+(?::\d+)?)(?=[/?#\s'\",;)]|$)")
+
+
 def mask_secrets(text: str) -> str:
     """Replace passwords in URLs (`scheme://user:pass@host`) with `***`."""
-    return re.sub(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@",
-                  r"\g<scheme>\g<user>:***@", text)
+    return _SECRET.sub(r"\g<scheme>\g<user>:***@\g<host>", text)
 
 
 _UNREACHABLE = re.compile(r"Max retries exceeded|Connection refused|Connection reset|Failed to establish|timed out|"

@@ -148,6 +148,7 @@ class STSystem(L.LightningModule):
         self._val_energy.clear()
         # reduced across ranks so every process agrees on the best checkpoint
         self.log("val/loss", value, sync_dist=True, prog_bar=True, logger=False)
+        self.log("val/energy_loss", energy, sync_dist=True, logger=False)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self.record_validation(value, energy, self.global_step)
 

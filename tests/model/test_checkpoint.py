@@ -152,3 +152,28 @@ def test_an_open_cell_skip_predicts_a_change_to_each_cell():
         torch.nn.functional.one_hot(x["pert_index"][:, None].expand(2, 6), 3).float()),
         attention_mask=torch.zeros(2, 1, 6, 6)).last_hidden_state + basal)
     torch.testing.assert_close(hidden, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("name", "config.yaml names model 'pseudobulk', not State Transition"),
+    ("mask_attn", r"masked attention \(mask_attn=true\) are not supported"),
+    ("causal", "trained with causal attention"),
+])
+def test_other_arc_state_models_and_options_are_refused(tmp_path, change, message):
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_dir("stx-mini"), run)
+    if change == "name":
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["model"]["name"] = "pseudobulk"
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    else:
+        ckpt = torch.load(run / "checkpoints/final.ckpt", weights_only=True)
+        if change == "mask_attn":
+            ckpt["hyper_parameters"]["mask_attn"] = True
+        else:
+            ckpt["hyper_parameters"]["transformer_backbone_kwargs"]["bidirectional_attention"] = False
+        torch.save(ckpt, run / "checkpoints/final.ckpt")
+    with pytest.raises(StxError, match=message):
+        load_pretrained(str(run))

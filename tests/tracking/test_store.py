@@ -1,3 +1,5 @@
+import pytest
+
 from stx.tracking.store import default_artifact_root, describe_error, is_unreachable, mask_secrets, resolve_tracking_uri
 
 
@@ -41,3 +43,19 @@ def test_unreachable_is_told_apart_from_refused(monkeypatch):
     assert not is_unreachable(PermissionError("denied"))
     assert describe_error(ValueError("bad\nsecond line")) == "ValueError: bad"
     assert describe_error(ConnectionError("to http://u:pw@host")) == "ConnectionError: to http://u:***@host"
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgresql://stx:p@ss@h/db", "postgresql://stx:***@h/db"),
+    ("postgresql+psycopg://stx:pa/ss@db.example:5432/mlflow", "postgresql+psycopg://stx:***@db.example:5432/mlflow"),
+    ("http://alice:p ss w@mlflow-host:5000", "http://alice:***@mlflow-host:5000"),
+    ("http://alice:p%40ss@host/x", "http://alice:***@host/x"),
+    ("postgresql://u:a:b:c@h", "postgresql://u:***@h"),
+    ("two: http://u:x@h and postgresql://v:y@g/db", "two: http://u:***@h and postgresql://v:***@g/db"),
+    ("sqlite:///mlruns/mlflow.db", "sqlite:///mlruns/mlflow.db"),
+])
+def test_passwords_are_masked_whatever_they_contain(url, masked):
+    from stx.tracking.store import mask_secrets
+
+    assert mask_secrets(url) == masked
+    assert mask_secrets(f"error: store {url} is not reachable") == f"error: store {masked} is not reachable"
