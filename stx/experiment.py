@@ -210,7 +210,8 @@ def _execute(cfg, variant, prep: Prepared, run, out_dir, devices, progress, call
         def sink(rows):  # noqa: ANN001
             run.send_rows([r for r in rows if r[2] > skip_logged.get(r[0], -1)])
     buffer = MetricBuffer(sink=sink, background=True)
-    baseline = _baseline_predictions(cfg, variant, prep)
+    # the baseline variant is the pretrained model: its own predictions are the reference
+    baseline = _baseline_predictions(cfg, variant, prep) if variant.train else None
     try:
         fit_result = _train(cfg, prep, out_dir, devices, buffer, progress, variant.train, callbacks, resume_from)
     except BaseException:  # keep what the failed run did log; do not keep a user waiting after Ctrl-C
@@ -460,7 +461,18 @@ def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN00
             "stx.steps": str(meta["steps"]), "stx.config_digest": meta["config_digest"], "stx.run_id": run.run_id}
     description = (f"{variant.name} ({variant.summary}) trained {meta['steps']} steps on "
                    f"{', '.join(meta['data_files'])} in experiment '{tags['stx.experiment']}', run {run.run_id}.")
-    return run.register_model(package, f"stx-{variant.name}", tags, description)
+    name = f"stx-{variant.name}"
+    try:
+        return run.register_model(package, name, tags, description)
+    except Exception as err:
+        if "403" not in str(err) and "PERMISSION_DENIED" not in str(err):
+            raise
+        # the training and its records are intact: the run stays FINISHED, and says why it has no model
+        reason = (f"the tracking server refused to register a version of {name} (permission denied): ask its admin "
+                  f"to grant you EDIT on it (docker/team-access.py); the model package is in {package}")
+        log.warning("%s", reason)
+        run.set_tags({"stx.registration_error": reason})
+        return None
 
 
 def _experiment_name(run) -> str:  # noqa: ANN001

@@ -48,14 +48,13 @@ def device() -> str:
 def evaluate_run(model: torch.nn.Module, table: CellTable, split: Split, design: TestDesign, plan: CovariatePlan,
                  cfg: Config, baseline: Predictions | None, cell_set_len: int) -> Evaluation:
     """Score the model (predicting in sets of `cell_set_len`) and every reference predictor
-    (plus the pretrained `baseline`'s predictions, made before training) on the same design."""
+    (plus the pretrained `baseline`'s predictions, made before training; None when the
+    model is the pretrained one) on the same design."""
     preds = predict_tasks(model.to(device()), table, design.tasks, cell_set_len, plan, device())
     if preds.n == 0:
         raise StxError("the test split has no group with both control and perturbed cells; "
                        "lower data.test_fraction or use data.split = 'cell'")
-    predictors: dict[str, Predictions] = {MODEL: preds}
-    if baseline is not None:
-        predictors["baseline"] = baseline
+    predictors: dict[str, Predictions] = {MODEL: preds, "baseline": preds if baseline is None else baseline}
     for name in available_references(table):
         predictors[name] = REFERENCES[name](table, split, design.tasks)
     seed, min_cells = cfg.data.split_seed, cfg.data.min_group_cells
