@@ -476,7 +476,7 @@ def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN00
 
 
 def _experiment_name(run) -> str:  # noqa: ANN001
-    return run.client.get_experiment(run.experiment_id).name
+    return run.experiment_name or run.client.get_experiment(run.experiment_id).name
 
 
 def set_len(cfg: Config, variant: Variant, model: torch.nn.Module) -> int:

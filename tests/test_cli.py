@@ -64,7 +64,7 @@ def test_validate_prints_the_summary(demo_path, write_config):
 def test_validate_embedded_default_generates_demo_once():
     first = _run("data", "validate")
     assert first.exit_code == 0, first.output
-    assert "6000 cells" in first.output
+    assert "8000 cells" in first.output
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,7 @@ def _torch_load(path: Path) -> Any:
         except Exception:  # not even a readable archive
             unsafe = []
         allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-        unexpected = [g for g in unsafe if g not in allowed]
+        unexpected = sorted({g for g in unsafe if g not in allowed})
         if not unexpected:
             raise StxError(f"{path}: not a readable checkpoint ({str(err).splitlines()[-1][:160]})") from None
         raise StxError(f"{path}: refused to load: it holds {', '.join(unexpected[:5])}, which a checkpoint must not "

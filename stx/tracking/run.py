@@ -49,6 +49,7 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     tracking_uri: str
+    experiment_name: str = ""  # read while the store answers, so nothing later needs it to
     outbox: Outbox | None = None
     offline: str | None = None  # why the store is treated as unreachable for the rest of the run
 
@@ -301,13 +302,14 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run = client.get_run(existing_run_id)
         client.update_run(existing_run_id, status="RUNNING")
         experiment_id = run.info.experiment_id
+        experiment = client.get_experiment(experiment_id).name
     else:
         experiment_id = ensure_experiment(client, experiment, uri)
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id, "stx.parent": parent_run_id}
         run = client.create_run(experiment_id, run_name=run_name,
                                 tags={k: mask_secrets(v) for k, v in tags.items()})
-    handle = TrackedRun(client, run.info.run_id, experiment_id, uri)
+    handle = TrackedRun(client, run.info.run_id, experiment_id, uri, experiment)
     monitor = _system_metrics(handle.run_id) if system_metrics else None
     status = "FAILED"
     try:

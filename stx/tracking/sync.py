@@ -39,7 +39,8 @@ def sync_outbox(where: Path, uri: str) -> SyncResult:
     except MlflowException:
         raise StxError(f"{box.path}: run {box.run_id} is not in the tracking store {mask_secrets(uri)}; pass the "
                        f"store the run was started on with --tracking-uri") from None
-    handle = TrackedRun(client, box.run_id, run.info.experiment_id, uri)
+    handle = TrackedRun(client, box.run_id, run.info.experiment_id, uri,
+                        client.get_experiment(run.info.experiment_id).name)
     counts = {"metrics": 0, "artifact": 0, "register": 0}
     status = run.info.status
     try:

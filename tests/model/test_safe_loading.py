@@ -37,7 +37,7 @@ def test_a_checkpoint_with_a_payload_is_refused_naming_the_type(tmp_path, marker
     ckpt = torch.load(run / "checkpoints/final.ckpt", weights_only=True)
     ckpt["hyper_parameters"]["callback"] = Payload(marker)
     torch.save(ckpt, run / "checkpoints/final.ckpt")
-    with pytest.raises(StxError, match=r"final.ckpt: refused to load: it holds pathlib.*Path"):
+    with pytest.raises(StxError, match=r"final.ckpt: refused to load: it holds .*pathlib.*Path"):
         load_pretrained(str(run))
     assert not marker.exists()
 

@@ -50,7 +50,7 @@ def server(tmp_path):
 
 
 def _launch(workdir, server, *extra):
-    cmd = [sys.executable, "-m", "stx", "run", "--variant", "lora", "--config", str(workdir / "config.toml"),
+    cmd = [sys.executable, "-m", "stx", "-v", "run", "--variant", "lora", "--config", str(workdir / "config.toml"),
            *FAST, "--experiment", "outage", "--tracking-uri", server["uri"], *extra]
     return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
