@@ -25,6 +25,7 @@ from stx.comparison.stats import NO_CLEAR, verdict
 from stx.comparison.tables import Row, paired_difference
 from stx.config import load_config
 from stx.errors import TrainingDiverged
+from stx.evaluate.report import summarize
 from stx.experiment import run_experiment
 from stx.tracking.store import resolve_tracking_uri
 
@@ -47,6 +48,8 @@ class Result:
     groups: list[pd.DataFrame] = field(default_factory=list)  # the model's per-group metrics, column `seed`
     diverged: list[int] = field(default_factory=list)  # seeds whose training diverged
     seconds: float = 0.0
+    reused: int = 0  # seeds read back from an earlier, identical run (run_cases(reuse=True))
+    references: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # per reference, per seed
 
     def row(self) -> Row:
         """The case as a comparison row (seeds pooled)."""
@@ -55,8 +58,9 @@ class Result:
 
 
 def run_cases(cases: Sequence[Case], seeds: Sequence[int], base: Sequence[str], experiment: str,
-              tracking_uri: str | None = None) -> dict[str, Result]:
-    """Every case with every seed; a run that diverges is counted, not fatal."""
+              tracking_uri: str | None = None, reuse: bool = True) -> dict[str, Result]:
+    """Every case with every seed; a run that diverges is counted, not fatal. With `reuse`, a
+    case and seed that already finished in the experiment is read back, not trained again."""
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -65,19 +69,45 @@ def run_cases(cases: Sequence[Case], seeds: Sequence[int], base: Sequence[str], 
     for seed in seeds:
         for case in cases:
             cfg = load_config(None, [*base, *case.overrides, f"trainer.seed={seed}", "tracking.register_model=false"])
-            start = time.perf_counter()
-            try:
-                summary = run_experiment(cfg, case.variant, uri, experiment=experiment, progress=False)
-            except TrainingDiverged:
-                out[case.name].diverged.append(seed)
+            done = _finished_run(client, experiment, cfg, case.variant, seed) if reuse else None
+            if done is not None:
+                run_id = done.info.run_id
+                out[case.name].seconds += (done.info.end_time - done.info.start_time) / 1000
+                out[case.name].reused += 1
+            else:
+                start = time.perf_counter()
+                try:
+                    run_id = run_experiment(cfg, case.variant, uri, experiment=experiment, progress=False).run_id
+                except TrainingDiverged:
+                    out[case.name].diverged.append(seed)
+                    out[case.name].seconds += time.perf_counter() - start
+                    continue
                 out[case.name].seconds += time.perf_counter() - start
-                continue
-            out[case.name].seconds += time.perf_counter() - start
-            out[case.name].metrics.append(client.get_run(summary.run_id).data.metrics)
-            frame = pd.read_csv(Path(cfg.tracking.output_dir).resolve() / summary.run_id / "eval" /
-                                "metrics_by_group.csv")
+            out[case.name].metrics.append(client.get_run(run_id).data.metrics)
+            frame = pd.read_csv(Path(cfg.tracking.output_dir).resolve() / run_id / "eval" / "metrics_by_group.csv")
             out[case.name].groups.append(frame[frame["predictor"] == "model"].assign(seed=seed))
+            for name, rows in frame[frame["predictor"] != "model"].groupby("predictor"):
+                out[case.name].references.setdefault(str(name), []).append(summarize(rows))
     return out
+
+
+def _finished_run(client, experiment: str, cfg, variant: str, seed: int):  # noqa: ANN001
+    """A FINISHED run of this case and seed already in the experiment (same variant, same
+    config digest: everything that changes what a run learns), whose outputs are still on
+    disk; None if there is none. An interrupted script then picks up where it stopped."""
+    from stx.experiment import config_digest
+    from stx.variants import resolve_variant
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = (f"tags.`stx.config_digest` = '{config_digest(cfg)}' and "
+             f"tags.`stx.variant` = '{resolve_variant(variant).name}' and "
+             f"params.`trainer.seed` = '{seed}' and attributes.status = 'FINISHED'")
+    for run in client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"]):
+        if (Path(cfg.tracking.output_dir).resolve() / run.info.run_id / "eval" / "metrics_by_group.csv").is_file():
+            return run
+    return None
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -87,7 +117,8 @@ def mean_sd(values: Sequence[float]) -> str:
         return "n/a"
     if len(values) == 1:
         return f"{values[0]:.3g}"
-    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+    sd = statistics.stdev(values)
+    return f"{statistics.mean(values):.3g} ± {sd:.2g}" if sd > 0 else f"{values[0]:.3g}"
 
 
 def seed_table(results: dict[str, Result], metrics: Sequence[str]) -> str:
@@ -97,6 +128,12 @@ def seed_table(results: dict[str, Result], metrics: Sequence[str]) -> str:
         n = len(result.metrics) + len(result.diverged)
         cells = [mean_sd([m.get(k, math.nan) for m in result.metrics]) for k in metrics]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    # the references (the same for every case: they do not train) bracket the rows above
+    references = next((r.references for r in results.values() if r.references), {})
+    for name in ("baseline", "mean_shift", "perturbed_mean", "truth"):
+        if name in references:
+            cells = [mean_sd([m.get(k, math.nan) for m in references[name]]) for k in metrics]
+            lines.append(f"| *{name}* (reference) | {len(references[name])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="one seed, 20 steps, 1,500 cells")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every case again (default: read back cases and seeds already finished in the "
+                             "experiment with the same configuration, so an interrupted run picks up where it stopped)")
     args = parser.parse_args()
     seeds, steps, cells = ([0], 20, 1500) if args.quick else (args.seeds, args.steps, 8000)
     sections, seconds = [], 0.0
@@ -52,7 +55,8 @@ def main() -> None:
         base = [f'datasets.demo="builtin:demo?cells={cells}"', f"trainer.max_steps={steps}",
                 f"trainer.val_every_n_steps={max(steps // 8, 10)}", f"trainer.checkpoint_every_n_steps={steps}",
                 "trainer.log_every_n_steps=5", f"data.min_group_cells={3 if args.quick else 10}", *overrides]
-        results = run_cases([Case("lora", "lora"), Case("lora-mhc", "lora-mhc")], seeds, base, "mhc_stability")
+        results = run_cases([Case("lora", "lora"), Case("lora-mhc", "lora-mhc")], seeds, base, "mhc_stability",
+                            reuse=not args.fresh)
         seconds += total_seconds(results)
         lora, mhc = results["lora"], results["lora-mhc"]
         lines = ["| measure | lora | lora-mhc | lora-mhc vs lora |", "|---|---|---|---|"]

@@ -33,7 +33,12 @@ def test_velocity_effect_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_mhc_stability_quick(tmp_path):
+def test_mhc_stability_quick_and_an_interrupted_script_picks_up_where_it_stopped(tmp_path):
     text = _run("mhc_stability", tmp_path)
     assert "## Setting `normal`" in text and "## Setting `stress`" in text
     assert "| loss/max_rise |" in text and "| diverged or blown-up seeds" in text
+    runs = sorted(p.name for p in (tmp_path / "stx_outputs").iterdir())
+    # run again: every case and seed is read back from MLflow, none trained twice, same tables
+    again = _run("mhc_stability", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "stx_outputs").iterdir()) == runs
+    assert again.split("Wall time")[1].split("\n", 1)[1] == text.split("Wall time")[1].split("\n", 1)[1]

@@ -32,7 +32,7 @@ def test_overrides_are_toml_values():
     ('[sweep.params."model.lora.r"]\ntype = "int"\nlow = 8\nhigh = 4', "needs low < high"),
     ('[sweep.params."model.lora.r"]\ntype = "categorical"', "needs choices"),
     ('[sweep.params."trainer.lr"]\ntype = "float"\nlow = 0\nhigh = 1\nlog = true', "needs low > 0"),
-    ('[sweep]\nobjective = "accuracy"', "sweep.objective must be val/loss"),
+    ('[sweep]\nobjective = "accuracy"', "sweep.objective 'accuracy' is not a metric stx logs"),
 ])
 def test_sweep_table_validation(tmp_path, toml, message):
     path = tmp_path / "c.toml"
