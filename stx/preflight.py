@@ -41,11 +41,10 @@ def preflight(cfg: Config, velocity: bool = False) -> Checked:
 
 def check_output_dir(folder: Path) -> None:
     """tracking.output_dir is a folder stx can write (run folders and checkpoints go there)."""
+    from stx.tracking.store import probe_writable
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".stx-write-test"
-        probe.touch()
-        probe.unlink()
+        probe_writable(folder)
     except OSError as err:
         raise StxError(f"{folder.resolve()}: cannot write run folders there (tracking.output_dir; "
                        f"{err.strerror or err}): point tracking.output_dir at a writable folder") from None

@@ -9,6 +9,15 @@ from pathlib import Path
 DEFAULT_DIR = Path("mlruns")
 
 
+def probe_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a file in it (OSError if stx cannot): permissions,
+    read-only mounts and full disks show up now, not after a run has trained."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".stx-write-test"
+    probe.touch()
+    probe.unlink()
+
+
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
     """`--tracking-uri` > `MLFLOW_TRACKING_URI` > the embedded `sqlite:///mlruns/mlflow.db`.
 
@@ -20,10 +29,7 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
         return uri
     root = DEFAULT_DIR.resolve()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".stx-write-test"
-        probe.touch()
-        probe.unlink()
+        probe_writable(root)
     except OSError as err:
         from stx.errors import StxError
 
