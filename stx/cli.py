@@ -431,8 +431,10 @@ def _describe_worlds(worlds: list[str], cells: int, seed: int) -> None:
     from stx.data.demo_report import describe_world
     from stx.data.velocity import prepare_velocity
 
-    grid = Table("world", "cells", "along share", "cos(true v)", "cos(scVelo v)", "within-group share",
-                 "noise ratio", "|response|", box=None)
+    grid = Table(box=None)
+    grid.add_column("world", no_wrap=True)  # the name is what a user types: never cut it
+    for header in ("cells", "along", "cos true v", "cos scVelo v", "within", "noise", "|resp|"):
+        grid.add_column(header, justify="right")
     for name in worlds:
         path = builtin_dataset(f"demo?world={name}&cells={cells}&seed={seed}")
         report = prepare_velocity(path, "X_state", None, projection="linear", loadings_key="state_loadings")
@@ -444,11 +446,12 @@ def _describe_worlds(worlds: list[str], cells: int, seed: int) -> None:
     console.print(grid)
     for name in worlds:
         console.print(f"{name}: {WORLDS[name].summary}", highlight=False)
-    console.print("along share: share of the Burn response's energy along each Sham cell's true velocity; "
+    console.print("along: share of the Burn response's energy along each Sham cell's true velocity; "
                   "cos: mean per-cell cosine of the response with the true / scVelo-estimated velocity; "
-                  "within-group share: share of the response that differs from cell to cell within a (cell type, "
-                  "day) group; noise ratio: that per-cell spread over cell noise (counting noise and mouse "
-                  "effects). Use a world in a config as builtin:demo?world=NAME.", highlight=False)
+                  "within: share of the response that differs from cell to cell within a (cell type, "
+                  "day) group; noise: that per-cell spread over cell noise (counting noise and mouse "
+                  "effects); |resp|: the response's mean norm in the embedding. Use a world in a config as "
+                  "builtin:demo?world=NAME.", highlight=False)
 
 
 @data.command("validate")

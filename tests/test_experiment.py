@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -12,6 +14,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from stx.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 FAST = ["--set", "trainer.max_steps=12", "--set", "trainer.val_every_n_steps=6", "--set", "trainer.batch_size=4",
         "--set", "trainer.cell_set_len=16", "--set", "tracking.projection=pca", "--set", "trainer.log_every_n_steps=5",
@@ -105,7 +109,6 @@ def test_predictions_artifact_layout(lora_run, workdir, demo_adata):
 
 def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, demo_path, monkeypatch):
     import mlflow
-    import pandas as pd
 
     _, client, run = lora_run
     version = client.get_model_version("stx-lora", "1")
@@ -115,15 +118,16 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     model = mlflow.pyfunc.load_model("models:/stx-lora/1")
     assert model.metadata.signature is not None and model.metadata.saved_input_example_info is not None
     data = ad.read_h5ad(demo_path)
-    controls = data[(data.obs["condition"] == "Sham").to_numpy()]
-    frame = pd.DataFrame(controls.obsm["X_state"], columns=[f"X_state_{i}" for i in range(64)])
-    frame["condition"] = "Burn"
-    for column in ("day", "cell_types_simple_short", "mouse_id"):  # the time point is one of the model's inputs
-        frame[column] = controls.obs[column].astype(str).to_numpy()
-    out = model.predict(frame)
+    controls = data[(data.obs["condition"] == "Sham").to_numpy()].copy()
+    controls.write_h5ad(workdir / "controls.h5ad")
+    # the snippet users copy from docs/tracking.md, as it is
+    monkeypatch.chdir(workdir)
+    snippet = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "tracking.md").read_text(), re.S)
+    namespace: dict = {}
+    exec(next(s for s in snippet if "pyfunc.load_model" in s), namespace)
+    out = namespace["predicted"]
     assert out.shape == (controls.n_obs, 64) and np.isfinite(out.to_numpy()).all()
 
-    monkeypatch.chdir(workdir)
     result = CliRunner().invoke(cli, ["predict", "--model", "models:/stx-lora/1", "--data", str(demo_path),
                                       "--out", str(workdir / "pred.h5ad")])
     assert result.exit_code == 0, result.output
