@@ -154,7 +154,7 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
     refs = [r for r in ("mean_shift", "truth") if f"ref/{r}/energy_ratio" in s.reference]
     metrics = ", ".join(f"{m} {fmt('eval/' + m, s.metrics)} ("
                         + ", ".join(f"{r} {fmt(f'ref/{r}/{m}', s.reference)}" for r in refs) + ")" for m in shown)
-    model = f" Registered as models:/stx-{s.variant}/{s.model_version}." if s.model_version else ""
+    model = f" Registered as {s.model_uri}." if s.model_uri else ""
     ui = "stx ui" if s.tracking_uri.startswith("sqlite") else f"the MLflow UI at {mask_secrets(s.tracking_uri)}"
     if s.held:
         folder = Path(s.held).parent
@@ -165,7 +165,7 @@ def _run_paragraph(s) -> str:  # noqa: ANN001
     return (f"\nRun {s.run_name} ({s.run_id}) finished in {s.wall_time_s:.0f} s in experiment "
             f"'{s.experiment}' of {mask_secrets(s.tracking_uri)}. Held-out test metrics: {metrics}."
             f"{model} Artifacts (checkpoints, predictions, plots): {mask_secrets(s.artifact_uri)}. "
-            f"Open {ui} to see curves, artifacts and the registered model.")
+            f"Open {ui} to see curves, artifacts{' and the registered model' if s.model_uri else ''}.")
 
 
 # ---------------------------------------------------------------- sweep

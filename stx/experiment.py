@@ -455,8 +455,10 @@ def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN00
     steps and config digest (`stx.tracking.registry`)."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     meta = json.loads((package / "model.json").read_text())
-    tags = {"stx.variant": variant.name, "stx.experiment": _experiment_name(run),
+    tags = {"stx.variant": variant.name, "stx.experiment": run.experiment_name,
             "stx.experiment_id": run.experiment_id, "stx.data_sha256": meta["data_sha256"],
             "stx.steps": str(meta["steps"]), "stx.config_digest": meta["config_digest"], "stx.run_id": run.run_id}
     description = (f"{variant.name} ({variant.summary}) trained {meta['steps']} steps on "
@@ -464,8 +466,8 @@ def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN00
     name = f"stx-{variant.name}"
     try:
         return run.register_model(package, name, tags, description)
-    except Exception as err:
-        if "403" not in str(err) and "PERMISSION_DENIED" not in str(err):
+    except MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":  # a 403, as JSON or as auth's plain-text reply
             raise
         # the training and its records are intact: the run stays FINISHED, and says why it has no model
         reason = (f"the tracking server refused to register a version of {name} (permission denied): ask its admin "
@@ -473,10 +475,6 @@ def register(package: Path, run, variant: Variant) -> str | None:  # noqa: ANN00
         log.warning("%s", reason)
         run.set_tags({"stx.registration_error": reason})
         return None
-
-
-def _experiment_name(run) -> str:  # noqa: ANN001
-    return run.experiment_name or run.client.get_experiment(run.experiment_id).name
 
 
 def set_len(cfg: Config, variant: Variant, model: torch.nn.Module) -> int:

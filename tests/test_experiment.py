@@ -227,6 +227,27 @@ def test_failure_mid_training_ends_the_run_failed(workdir, monkeypatch):
     assert "loss became NaN" in runs[0].data.tags["stx.error"]
 
 
+def test_a_refused_registration_keeps_the_run_finished_and_says_why(workdir, monkeypatch):
+    # what a team server answers a member without EDIT on the shared model: a 403
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    import stx.tracking.pyfunc
+
+    def refused(*args, **kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/model-versions/create failed with error "
+                              "code 403 != 200. Response body: 'Permission denied'", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(stx.tracking.pyfunc, "log_and_register", refused)
+    result = _run(workdir, monkeypatch, "--variant", "lora", "--experiment", "refused")
+    assert result.exit_code == 0, result.output
+    assert "refused to register a version of stx-lora (permission denied)" in " ".join(result.output.split())
+    client = _store(workdir)
+    run = client.search_runs([client.get_experiment_by_name("refused").experiment_id])[0]
+    assert run.info.status == "FINISHED" and "stx.registered_model" not in run.data.tags
+    assert "grant you EDIT" in run.data.tags["stx.registration_error"]
+
+
 def test_user_errors_leave_no_run(workdir, monkeypatch):
     result = _run(workdir, monkeypatch, "--variant", "lora-mch")
     assert result.exit_code == 2 and "unknown variant 'lora-mch'" in result.output

@@ -7,6 +7,7 @@ reported as a `DataError` naming the file, the key or column, and what was expec
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -184,8 +185,15 @@ def _where(key: str) -> str:
     return "X" if key == "X" else f"obsm['{key}']"
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (the `stx.data_sha256` tag)."""
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (the `stx.data_sha256` tag). A run needs it for its tags, its
+    datasets and its model package: it is read once per process, again only if the file changed."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int = 1 << 20) -> str:  # size, mtime: the cache key
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):

@@ -62,12 +62,6 @@ def load_model_uri(uri: str, tracking_uri: str) -> InferencePackage:
     return package
 
 
-def _labels(values: pd.Series) -> np.ndarray:
-    from stx.data.load import _labels as labels
-
-    return labels(values)
-
-
 def predict_frame(package: InferencePackage, emb: np.ndarray, obs: pd.DataFrame,
                   conditions: np.ndarray) -> np.ndarray:
     """Predictions [n, D] for cells `emb` [n, D] with annotations `obs` (n rows), row i under
@@ -107,7 +101,7 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
 
     from stx import __version__
     from stx.data.builtin import write_h5ad_atomic
-    from stx.data.load import open_h5ad, read_matrix, read_obs
+    from stx.data.load import _labels, open_h5ad, read_matrix, read_obs
 
     if out.resolve() == data_path.resolve():
         raise StxError(f"--out {out} is the input file: predictions would replace the data; choose another path")

@@ -49,7 +49,7 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     tracking_uri: str
-    experiment_name: str = ""  # read while the store answers, so nothing later needs it to
+    experiment_name: str  # read while the store answers, so nothing after training needs it to
     outbox: Outbox | None = None
     offline: str | None = None  # why the store is treated as unreachable for the rest of the run
 
@@ -302,7 +302,7 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         run = client.get_run(existing_run_id)
         client.update_run(existing_run_id, status="RUNNING")
         experiment_id = run.info.experiment_id
-        experiment = client.get_experiment(experiment_id).name
+        experiment = experiment or client.get_experiment(experiment_id).name
     else:
         experiment_id = ensure_experiment(client, experiment, uri)
         if parent_run_id:
