@@ -165,6 +165,9 @@ class ModelConfig(_Section):
     )
     cell_skip: bool = Field(True, description="a learned gate (closed at start) that lets the model predict a "
                                               "change to each input cell instead of regenerating it")
+    cell_skip_init: float = Field(0.0, ge=0, le=1, description="how far the cell-skip gate is open when "
+                                  "fine-tuning starts: 0 = closed (the pretrained function exactly), 1 = each "
+                                  "prediction is its input cell plus the change the pretrained model predicts")
     time_input: bool = Field(True, description="feed the time point (data.time_col) to the model as a learned "
                                                "embedding (zero at start: the pretrained function is unchanged)")
     lora: LoraConfig = LoraConfig()
@@ -186,6 +189,8 @@ class TrainerConfig(_Section):
     lr: PositiveFloat = Field(5e-5, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     lr_warmup_steps: NonNegativeInt = Field(100, description="linear warmup, then cosine decay")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="exponential moving average of the weights, used for "
+                             "validation, evaluation and the saved model (0 = off; 0.99 averages ~100 steps)")
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm to this (0 = no clipping)")
     batch_size: PositiveInt = Field(8, description="cell sets per step")
     cell_set_len: PositiveInt = Field(64, description="cells per set")

@@ -87,8 +87,10 @@ def build_model(cfg: Config, variant: Variant, table: CellTable, plan: Covariate
     from stx.model.st import StateTransition
 
     relu = None if cfg.model.output_relu == "auto" else bool(cfg.model.output_relu)
+    # the baseline is the pretrained function exactly: its gate stays closed
     model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu,
-                          covariates=plan.spec, cell_skip=cfg.model.cell_skip)
+                          covariates=plan.spec, cell_skip=cfg.model.cell_skip,
+                          cell_skip_init=cfg.model.cell_skip_init if variant.lora else 0.0)
     if variant.scratch:  # the same architecture from a random start, every weight trained
         model = StateTransition(model.spec)
         for name, param in model.named_parameters():

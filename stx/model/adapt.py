@@ -18,7 +18,7 @@ import torch
 from stx.data.load import DataSpec
 from stx.errors import StxError
 from stx.model.checkpoint import Pretrained
-from stx.model.st import StateTransition
+from stx.model.st import SKIP_SCALE, StateTransition
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ def _remap_columns(old: torch.Tensor, old_names: tuple[str, ...], new_names: tup
 
 
 def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | None = None,
-                  covariates: tuple[tuple[str, tuple[str, ...]], ...] = (), cell_skip: bool = False) -> StateTransition:
+                  covariates: tuple[tuple[str, tuple[str, ...]], ...] = (), cell_skip: bool = False,
+                  cell_skip_init: float = 0.0) -> StateTransition:
     """A copy of the pretrained model with input layers for `data`'s vocabularies, the
     covariate inputs `covariates` ((name, vocabulary); their embeddings start at zero) and,
-    with `cell_skip`, the closed cell-skip gate (`stx.model.st`).
+    with `cell_skip`, the cell-skip gate (`stx.model.st`), opened to `cell_skip_init` where
+    the checkpoint has none (0: closed, the pretrained function exactly).
 
     `output_relu` overrides the checkpoint's output clipping (None keeps it).
     """
@@ -78,5 +80,7 @@ def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | No
         weight, reused_b = _remap_columns(old_b, spec.batch_names, data.batches, {}, old_b.mean(1))
         new_state["batch_encoder.weight"] = weight.T.contiguous()
         log.info("batch encoder: %d of %d batches from the checkpoint", len(reused_b), len(data.batches))
+    if model.skip_gate is not None and "skip_gate" not in old_state:
+        new_state["skip_gate"] = torch.full_like(new_state["skip_gate"], cell_skip_init / SKIP_SCALE)
     model.load_state_dict(new_state)
     return model

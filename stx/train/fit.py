@@ -19,7 +19,7 @@ from stx.data.covariates import CovariatePlan
 from stx.data.load import CellTable
 from stx.data.sampler import SetSampler
 from stx.data.split import TRAIN, VAL, Split
-from stx.train.callbacks import FlushMetrics, GradNormMonitor, StepTimer
+from stx.train.callbacks import EMAWeights, FlushMetrics, GradNormMonitor, StepTimer
 from stx.train.module import STSystem
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ def fit(system: STSystem, table: CellTable, split: Split, tcfg: TrainerConfig, o
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step-{step}", save_top_k=-1, save_last=True,
                                every_n_train_steps=tcfg.checkpoint_every_n_steps, auto_insert_metric_name=False)
     callbacks: list[L.Callback] = [periodic, *extra_callbacks]
+    if tcfg.ema_decay > 0:
+        callbacks.append(EMAWeights(tcfg.ema_decay))
     if monitor:
         callbacks += [GradNormMonitor(system.buffer), StepTimer(system.buffer),
                       FlushMetrics(system.buffer, tcfg.log_every_n_steps)]

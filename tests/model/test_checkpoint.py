@@ -154,6 +154,19 @@ def test_an_open_cell_skip_predicts_a_change_to_each_cell():
     torch.testing.assert_close(hidden, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_the_gate_opens_where_asked_and_a_fine_tuned_gate_is_kept(tmp_path):
+    from stx.model.st import SKIP_SCALE
+
+    source = load_pretrained(str(write_run_dir(tiny(), tmp_path / "run", control_pert="ctrl", embed_key="X_state")))
+    opened = adapt_to_data(source, _data_spec(), cell_skip=True, cell_skip_init=1.0)
+    assert float(opened.skip_gate.detach().min()) * SKIP_SCALE == pytest.approx(1.0)
+    with torch.no_grad():
+        opened.skip_gate.fill_(0.3 / SKIP_SCALE)
+    again = adapt_to_data(load_pretrained(str(write_run_dir(opened, tmp_path / "tuned", control_pert="ctrl",
+                                                            embed_key="X_state"))), _data_spec(), cell_skip_init=1.0)
+    assert float(again.skip_gate.detach().max()) * SKIP_SCALE == pytest.approx(0.3)  # its own gate, not the init
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ("name", "config.yaml names model 'pseudobulk', not State Transition"),
     ("mask_attn", r"masked attention \(mask_attn=true\) are not supported"),
