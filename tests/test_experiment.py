@@ -145,52 +145,54 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     assert not (workdir / "pred2.h5ad").exists()
 
 
-def test_registered_model_serves_over_rest(lora_run, workdir):
-    """`mlflow models serve` on a registered version answers /invocations like the pyfunc.
-    (--env-manager local: a fresh environment would install stx-perturb, pinned exactly.)"""
+def test_registered_model_serves_over_rest(lora_run, workdir, tmp_path):
+    """`mlflow models serve` on a registered version answers /invocations like the pyfunc, in an
+    environment whose own `stx` refuses to be imported: the model serves from the code it
+    carries, and its requirements do not name stx (stx-perturb is on no package index)."""
     import json
-    import os
-    import socket
     import time
     import urllib.request
 
     import mlflow
     import pandas as pd
 
+    from tests.services import free_port, stop
+    from tests.tracking.test_serve import poisoned_venv, venv_env
+
     _, client, run = lora_run
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    requirements = client.download_artifacts(run.info.run_id, "model/requirements.txt", str(workdir / "req"))
-    from stx import DISTRIBUTION, __version__
-
-    assert f"{DISTRIBUTION}=={__version__}" in open(requirements).read().split()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/stx-lora/1", "-p",
-                             str(port), "--host", "127.0.0.1", "--env-manager", "local"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    requirements = client.download_artifacts(run.info.run_id, "model/requirements.txt", str(tmp_path))
+    assert not [r for r in open(requirements).read().split() if r.lower().startswith("stx")]
+    python = poisoned_venv(tmp_path / "venv")
+    port = free_port()
+    env = venv_env(tmp_path / "venv", MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
+    with open(tmp_path / "serve.log", "w") as log:
+        # from tmp_path: neither the cwd (python -m, uvicorn's app dir) nor PYTHONPATH may offer stx
+        proc = subprocess.Popen([str(python), "-m", "mlflow", "models", "serve", "-m", "models:/stx-lora/1", "-p",
+                                 str(port), "-h", "127.0.0.1", "--env-manager", "local"], env=env, cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     frame = pd.DataFrame(np.random.default_rng(1).normal(size=(6, 64)).astype(np.float32),
                          columns=[f"X_state_{i}" for i in range(64)])
     frame["condition"] = "Burn"
     frame["day"] = ["10", "14", "19"] * 2
     body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the model server did not start"
+                assert time.monotonic() < deadline and proc.poll() is None, \
+                    "the model server did not start:\n" + (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(1)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
     finally:
-        os.killpg(proc.pid, 15)
-        proc.communicate(timeout=30)
+        stop(proc)
     served = pd.DataFrame(answer["predictions"]).to_numpy(float)
+    assert served.shape == (6, 64)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     local = mlflow.pyfunc.load_model("models:/stx-lora/1").predict(frame).to_numpy(float)

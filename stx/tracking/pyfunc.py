@@ -1,9 +1,15 @@
-"""The registered model: an MLflow pyfunc whose code is the installed stx package.
+"""The registered model: an MLflow pyfunc that carries its own copy of the stx code.
 
-It is logged with `loader_module="stx.tracking.pyfunc"` and the inference package as its
-data: MLflow calls `_load_pyfunc(data_path)` from the installed stx, which reads only
-`model.json` and `weights.pt` (tensors only). No code file and no pickle travels through
-the artifact store, so editing a model's artifacts cannot run code where it is loaded.
+It is logged with `loader_module="stx.tracking.pyfunc"`, the inference package as its data
+(`model.json` and `weights.pt`, tensors only) and, in its `code/` folder (MLflow's
+`code_paths`), a copy of the stx modules that loading and predicting import (`SERVED_MODULES`).
+`mlflow.pyfunc.load_model` and `mlflow models serve` put `code/` first on `sys.path` and call
+`_load_pyfunc(data_path)` from that copy, so the model serves where stx is not installed: its
+requirements are the third-party packages loading and predicting import, pinned to the
+versions it was logged with (stx-perturb is on no package index). A process that has already
+imported stx keeps using it. `stx predict` never runs the model's code: it reads `model.json`
+and `weights.pt` with the installed stx, so editing a model's artifacts cannot make it run
+anything (the pyfunc route trusts the artifact store like any MLflow model with code).
 
 `mlflow.pyfunc.load_model("models:/stx-lora/1").predict(frame)` takes a DataFrame with one
 row per control cell: the embedding in columns `<embed_key>_0 .. <embed_key>_<D-1>` (or a
@@ -15,13 +21,14 @@ sets exactly as `stx predict` forms them (`stx.evaluate.inference.predict_frame`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from stx import DISTRIBUTION, __version__
 from stx.errors import StxError
 from stx.evaluate.inference import package_dir, predict_frame
 from stx.model.package import InferencePackage, load_package
@@ -91,10 +98,54 @@ def signature(package: InferencePackage):
     return ModelSignature(Schema(inputs), Schema(outputs))
 
 
+# The third-party distributions that loading and predicting import (stx.tracking.pyfunc,
+# stx.evaluate.inference and .predict, stx.model.package, .st, .checkpoint and .mhc,
+# stx.data.load, stx.config); tests/tracking/test_serve.py checks the list against the
+# imports of a real load and predict. Their own dependencies come with them.
+SERVING_DEPENDENCIES = ("numpy", "pandas", "pydantic", "scipy", "torch", "transformers")
+
+# The modules of stx that loading and predicting import (the same test checks it): the
+# model's copy of stx is these files only, each one an upload to the artifact store.
+SERVED_MODULES = ("__init__.py", "errors.py", "config.py",
+                  "data/__init__.py", "data/keys.py", "data/covariates.py", "data/load.py", "data/split.py",
+                  "evaluate/__init__.py", "evaluate/design.py", "evaluate/inference.py", "evaluate/predict.py",
+                  "model/__init__.py", "model/st.py", "model/package.py", "model/checkpoint.py", "model/mhc.py",
+                  "tracking/__init__.py", "tracking/pyfunc.py")
+
+
 def requirements() -> list[str]:
-    """What serving the model installs: exactly this project (its distribution name is ours
-    alone on the public index; `stx` there is an unrelated project)."""
-    return [f"{DISTRIBUTION}=={__version__}"]
+    """What serving the model installs: `SERVING_DEPENDENCIES` pinned to the installed versions
+    (without a local tag: `torch==2.13.0`, not `2.13.0+cpu`). Not stx itself: the model carries
+    its code, and `stx-perturb` is on no package index (`stx` there is another project)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_DEPENDENCIES]
+
+
+def code_copy(dest: Path) -> Path:
+    """Copy `SERVED_MODULES` of the installed stx package (editable or not) to `dest/stx`:
+    no training, sweep or comparison code, no shipped checkpoints, no bytecode."""
+    import shutil
+
+    import stx
+
+    source = Path(stx.__file__).resolve().parent
+    for module in SERVED_MODULES:
+        (dest / "stx" / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / module, dest / "stx" / module)
+    return dest / "stx"
+
+
+def _outside_fluent_run(log: Callable[[], Any]) -> Any:
+    """Call `log` where no fluent run is active: MLflow links a model logged inside an active
+    run to that run and then re-reads the history of every metric of the run (one request per
+    metric). MLflow keeps the active run per thread, so a caller's own run stays untouched."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return log()
+    with ThreadPoolExecutor(1, thread_name_prefix="stx-log-model") as pool:
+        return pool.submit(log).result()
 
 
 def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | None = None,
@@ -102,22 +153,40 @@ def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | 
     """Log `package` as run `run`'s pyfunc model, register it as `name` with version `tags`
     and a description; returns the new version.
 
-    MLflow logs models into the active fluent run, so the run is made active here; it is
-    ended with its final status by whoever closes the run (`tracked_run`, `stx sync`).
+    The logged model is created for the run (`source_run_id`, the run's params), filled by
+    `mlflow.pyfunc.log_model(model_id=...)` outside any fluent run, linked to the run as its
+    output (what the run page lists), given the run's step-0 summaries as its metrics, and
+    registered from `models:/<model_id>` (the version's run is the model's source run). Inside
+    an active run MLflow would instead read the history of every metric of the run to find
+    the values at step 0: about 80 requests per run, ~50 s against an authenticated server.
     """
+    import tempfile
+
     import mlflow
+    from mlflow.entities import LoggedModelOutput, Metric
 
-    if mlflow.active_run() is None or mlflow.active_run().info.run_id != run.run_id:
-        mlflow.start_run(run_id=run.run_id)
     loaded = load_package(package)
-    info = mlflow.pyfunc.log_model(name="model", loader_module="stx.tracking.pyfunc", data_path=str(package),
-                                   registered_model_name=name, pip_requirements=requirements(),
-                                   signature=signature(loaded), input_example=input_example(loaded))
-    version = str(info.registered_model_version) if info.registered_model_version is not None else None
-    if version is not None:
-        from stx.tracking.registry import describe_version
+    record = run.client.get_run(run.run_id)
+    model = mlflow.initialize_logged_model(name="model", source_run_id=run.run_id, experiment_id=run.experiment_id,
+                                           params=record.data.params)
+    with tempfile.TemporaryDirectory(prefix="stx-model-code-") as tmp:
+        code = code_copy(Path(tmp))
+        info = _outside_fluent_run(lambda: mlflow.pyfunc.log_model(
+            name="model", model_id=model.model_id, loader_module="stx.tracking.pyfunc", data_path=str(package),
+            code_paths=[str(code)], pip_requirements=requirements(), signature=signature(loaded),
+            input_example=input_example(loaded)))
+    run.client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
+    # the run's summaries (latest value at step 0: eval/*, ref/*) become the model's metrics too,
+    # as MLflow would copy them, from the run already read rather than from every history
+    summaries = [Metric(m.key, m.value, m.timestamp, 0, model_id=model.model_id, run_id=run.run_id)
+                 for m in map(Metric.from_proto, record.data.to_proto().metrics) if m.step == 0]
+    if summaries:
+        run.client.log_batch(run.run_id, metrics=summaries)
+    version = str(mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
+                                        ).version)
+    from stx.tracking.registry import describe_version
 
-        describe_version(run.client, name, version, tags or {}, description)
+    describe_version(run.client, name, version, {}, description)
     run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": info.model_uri})
     return version
 
