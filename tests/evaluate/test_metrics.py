@@ -9,6 +9,7 @@ from stx.evaluate.metrics import (
     energy_distance,
     group_metrics,
     meets_target,
+    observe,
     temporal_coherence,
 )
 from stx.model.losses import energy_distance as torch_energy
@@ -24,6 +25,35 @@ def test_blockwise_energy_matches_direct():
     x, y = _cells(2500, seed=1), _cells(1800, shift=0.3, seed=2)
     direct = torch_energy(torch.tensor(x)[None], torch.tensor(y)[None]).item()
     assert energy_distance(x, y, max_cells=10_000) == pytest.approx(direct, rel=1e-6)  # the loss runs in fp32
+
+
+def _exact_energy(x, y):
+    """float64, every pair computed directly: the reference for the float32 fast path."""
+    from scipy.spatial.distance import cdist
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return 2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean()
+
+
+@pytest.mark.parametrize("dims,offset", [(16, 0.0), (300, 0.0), (300, 40.0)])
+def test_fast_energy_matches_float64_with_near_duplicates(dims, offset):
+    rng = np.random.default_rng(dims)
+    x = rng.normal(size=(700, dims)) + offset
+    y = rng.normal(size=(1100, dims)) * 1.2 + 0.2 + offset
+    y[:250] = x[:250] + 1e-6 * rng.normal(size=(250, dims))  # near-duplicates across the sets
+    x[600:] = x[:100] + 1e-7  # and within one (their squared distances round to <= 0 in float32)
+    y[1000:] = y[900:1000]  # exact duplicates
+    fast = energy_distance(x, y, max_cells=10_000)
+    assert np.isfinite(fast)
+    assert fast == pytest.approx(_exact_energy(x, y), rel=1e-4)
+    assert energy_distance(x, x, max_cells=10_000) == pytest.approx(0.0, abs=1e-4 * _exact_energy(x, y))
+
+
+def test_shared_observed_gives_the_same_metrics():
+    fed, ref, real = _group(np.linspace(-1, 1, 16), n=300)
+    pred = fed + 0.5
+    assert group_metrics(fed, ref, real, pred, seed=2, observed=observe(ref, real, seed=2)) == \
+        group_metrics(fed, ref, real, pred, seed=2)
 
 
 def test_subsampling_is_seeded_and_close():
