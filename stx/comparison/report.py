@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
@@ -37,14 +38,87 @@ class CompareResult:
     tracking_uri: str = ""
 
 
+def _missing(run: RunRecord, path: str) -> StxError:
+    return StxError(f"run {run.run_id} ({run.variant}) has no artifact {path}; was it made by stx run "
+                    f"and did it finish?")
+
+
+def _local_root(run: RunRecord) -> Path | None:
+    """The run's artifact folder when the store keeps artifacts on this file system (read in
+    place: no download, no run lookup), else None."""
+    from urllib.parse import urlparse
+
+    uri = run.artifact_uri
+    scheme = urlparse(uri).scheme
+    if scheme == "file":
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        return Path(local_file_uri_to_path(uri))
+    if not scheme or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):  # a plain path (C:\... on Windows)
+        return Path(uri)
+    return None
+
+
 def _download(run: RunRecord, path: str, dst: Path) -> Path:
+    """One artifact of a run: in place from a local artifact store, else downloaded into `dst`
+    from the run's artifact location (taken from the search: no lookup of the run)."""
+    root = _local_root(run)
+    if root is not None:
+        if not (root / path).is_file():
+            raise _missing(run, path)
+        return root / path
     import mlflow
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path=path, dst_path=str(dst)))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{run.artifact_uri.rstrip('/')}/{path}",
+                                                        dst_path=str(dst)))
     except Exception:
-        raise StxError(f"run {run.run_id} ({run.variant}) has no artifact {path}; was it made by stx run "
-                       f"and did it finish?") from None
+        raise _missing(run, path) from None
+
+
+def group_tables(records: list[RunRecord], tmp: Path, workers: int = 8) -> dict[str, pd.DataFrame]:
+    """run id -> its `eval/metrics_by_group.csv`: read in place from a local store, downloaded
+    in parallel from a remote one; files with the same columns from runs on the same data are
+    parsed in one pass (a file at a time costs more than the whole parse), then split by run."""
+    name = "eval/metrics_by_group.csv"
+    local = [r for r in records if _local_root(r) is not None]
+    paths = {r.run_id: _download(r, name, tmp) for r in local}
+    remote = [r for r in records if r.run_id not in paths]
+    if remote:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(remote))) as pool:
+            got = pool.map(lambda r: (r.run_id, _download(r, name, tmp / r.run_id)), remote)
+            paths.update(dict(got))
+    return read_group_tables(paths, {r.run_id: r.data_sha256 for r in records})
+
+
+def read_group_tables(paths: dict[str, Path], data: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """Per-run CSV tables as `pd.read_csv` reads each file, parsed in batches: the files of runs
+    on one data set (`data`: run id -> digest) that share a header are joined and parsed once."""
+    batches: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for run_id, path in paths.items():
+        text = Path(path).read_text(encoding="utf-8")
+        header, _, body = text.partition("\n")
+        if not body.strip() or "\r" in text or '"' in text or "\n\n" in body or text.startswith("\ufeff"):
+            # no rows, CRLF, quoted cells, blank lines or a byte-order mark: parsed on its own
+            batches[(f"\0{run_id}", "")] = [(run_id, str(path))]
+            continue
+        batches.setdefault((header, data.get(run_id, "")), []).append((run_id, body if body.endswith("\n") else
+                                                                        body + "\n"))
+    out: dict[str, pd.DataFrame] = {}
+    for (header, _), items in batches.items():
+        if header.startswith("\0"):
+            run_id, path = items[0]
+            out[run_id] = pd.read_csv(path)
+            continue
+        frame = pd.read_csv(io.StringIO(header + "\n" + "".join(body for _, body in items)))
+        start = 0
+        for run_id, body in items:
+            n = body.count("\n")
+            out[run_id] = frame.iloc[start:start + n].reset_index(drop=True)
+            start += n
+    return {run_id: out[run_id] for run_id in paths}
 
 
 def _experiment_ids(client, experiment: str | None) -> list[str] | None:  # noqa: ANN001
@@ -113,10 +187,9 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
     records = gather(client, experiment, runs, allow_mixed, trials)
     out_dir = out_dir or default_out(experiment, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _one_blas_thread():
         tmp_dir = Path(tmp)
-        by_run = {r.run_id: pd.read_csv(_download(r, "eval/metrics_by_group.csv", tmp_dir / r.run_id))
-                  for r in records}
+        by_run = group_tables(records, tmp_dir)
         rows = build_rows(records, by_run)
         table, diffs = comparison_table(rows), differences(rows)
         held_table = comparison_table(rows, heldout=True)
@@ -136,6 +209,18 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
     run_id = _log_compare_run(client, records, out_dir, experiment) if log_run else None
     return CompareResult(out_dir, table, diffs, summary_lines(table, diffs), run_id, len(records),
                          time.perf_counter() - start, tracking_uri)
+
+
+def _one_blas_thread():  # a context manager
+    """Small matrices only (bootstrap replicates, a PCA of a few thousand cells): BLAS threads
+    cost more in hand-offs than they save, 5x on two busy cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # a dependency of scikit-learn, hence of scanpy and umap-learn
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def newest_run(row: Row) -> RunRecord | None:
@@ -168,6 +253,14 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
     figures.trajectories(shifts, real_shift, out / "trajectories.png")
 
 
+def projection_for(setting: str, dims: int) -> str:
+    """`stx.evaluate.pipeline.projection_for` (auto: PCA for <= 100 dims, else UMAP), here so that
+    `stx compare` never imports the evaluation pipeline, and torch with it."""
+    if setting != "auto":
+        return setting
+    return "pca" if dims <= 100 else "umap"
+
+
 def _cells(shown: dict[str, RunRecord], tmp: Path, projection: str):
     """Real test cells (from the runs' own config and split) and each row's predictions and shifts:
     predicted = mean(P) - mean(fed controls), real = mean(R) - mean(the other test controls)."""
@@ -175,7 +268,6 @@ def _cells(shown: dict[str, RunRecord], tmp: Path, projection: str):
 
     from stx.config import load_config
     from stx.data.load import load_cells
-    from stx.evaluate.pipeline import projection_for
 
     first = next(iter(shown.values()))
     if len({r.data_sha256 for r in shown.values()}) > 1:

@@ -15,6 +15,7 @@ a win only when its interval excludes zero; otherwise the verdict is "no clear d
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,18 +69,28 @@ def bootstrap(matrix: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Estima
     finite = np.isfinite(m)
     values = np.where(finite, m, 0.0)
     point = float(np.mean([row[ok].mean() for row, ok in zip(m.T, finite.T, strict=True)]))
-    rng = np.random.default_rng(seed)
-    # resampling counts: how often each seed and each group is drawn in each replicate
-    w_seed = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot).astype(float)
-    w_group = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot).astype(float)
-    total = np.einsum("bs,sg,bg->b", w_seed, values, w_group)
-    count = np.einsum("bs,sg,bg->b", w_seed, finite.astype(float), w_group)
+    w_seed, w_group = _weights(n_seeds, n_groups, n_boot, seed)
+    # sum over s, g of w_seed[b, s] * values[s, g] * w_group[b, g], as one matrix product per
+    # replicate set (an einsum over three operands loops in C, 10x slower at 100 seeds)
+    total = np.einsum("bg,bg->b", w_seed @ values, w_group)
+    count = np.einsum("bg,bg->b", w_seed @ finite.astype(float), w_group)  # whole numbers: exact
     stats = total[count > 0] / count[count > 0]
     if n_seeds * n_groups < 2 or len(stats) == 0:
         return Estimate(point, float("nan"), float("nan"), n_seeds, n_groups)
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.percentile(stats, [tail, 100 - tail])
     return Estimate(point, float(low), float(high), n_seeds, n_groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(n_seeds: int, n_groups: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling counts: how often each seed and each group is drawn in each replicate. They
+    depend only on the shape and the seed: drawn once per shape (read-only), not per estimate."""
+    rng = np.random.default_rng(seed)
+    w_seed = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_boot).astype(float)
+    w_group = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=n_boot).astype(float)
+    w_seed.flags.writeable = w_group.flags.writeable = False
+    return w_seed, w_group
 
 
 def verdict(diff: Estimate) -> str:

@@ -36,18 +36,36 @@ class Row:
     kind: str  # "variant" or "reference"
     groups: pd.DataFrame
     runs: tuple[RunRecord, ...] = field(default=())
+    # (heldout, metric) -> matrix: every table and difference asks for the same few matrices
+    _matrices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def matrix(self, metric: str, heldout: bool = False) -> pd.DataFrame:
         """[seed, group] values of a metric over the usable groups (not small)."""
         frame = self.groups
         if metric not in frame:
             return pd.DataFrame()
+        if (heldout, metric) not in self._matrices:
+            self._pivot(heldout, metric)
+        return self._matrices[(heldout, metric)]
+
+    def _pivot(self, heldout: bool, metric: str) -> None:
+        """One pivot for all the metrics (the same groups, seeds and means as one pivot each)."""
+        frame = self.groups
         keep = ~frame["small"].astype(bool) if "small" in frame else pd.Series(True, index=frame.index)
         keep &= frame["heldout"].astype(bool) == heldout if "heldout" in frame else (not heldout)
         sub = frame[keep]
+        metrics = [m for m in ALL_METRICS if m in frame]
+        if metric not in metrics:
+            metrics = [metric]
         if sub.empty:
-            return pd.DataFrame()
-        return sub.pivot_table(index="seed", columns=KEY, values=metric, aggfunc="mean", dropna=False)
+            self._matrices.update({(heldout, m): pd.DataFrame() for m in metrics})
+            return
+        if len(metrics) == 1:
+            self._matrices[(heldout, metric)] = sub.pivot_table(index="seed", columns=KEY, values=metric,
+                                                                aggfunc="mean", dropna=False)
+            return
+        table = sub.pivot_table(index="seed", columns=KEY, values=metrics, aggfunc="mean", dropna=False)
+        self._matrices.update({(heldout, m): table[m] for m in metrics})
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -88,17 +106,13 @@ def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> lis
     design)."""
     rows: list[Row] = []
     keys = row_keys(records)
-    for name in {keys[r.run_id][0] for r in records}:
-        runs = tuple(r for r in records if keys[r.run_id][0] == name)
-        frames = []
-        for record in runs:
-            frame = by_run.get(record.run_id)
-            if frame is None:
-                continue
-            own = frame[frame["predictor"] == "model"] if "predictor" in frame else frame
-            frames.append(own.assign(seed=_seed(record)))
-        if frames:
-            rows.append(Row(name, "variant", pd.concat(frames, ignore_index=True), runs))
+    by_name: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_name.setdefault(keys[record.run_id][0], []).append(record)
+    for name, runs in by_name.items():
+        groups = _own_groups([(by_run[r.run_id], _seed(r)) for r in runs if by_run.get(r.run_id) is not None])
+        if groups is not None:
+            rows.append(Row(name, "variant", groups, tuple(runs)))
     present = {row.name for row in rows}
     for name in REFERENCES:
         if name in present:  # a baseline run is the baseline reference itself
@@ -109,6 +123,20 @@ def build_rows(records: list[RunRecord], by_run: dict[str, pd.DataFrame]) -> lis
                 rows.append(Row(name, "reference", frame[frame["predictor"] == name].assign(seed=0), (record,)))
                 break
     return sorted(rows, key=lambda r: (*_order(r.name.split(" [")[0]), r.name))
+
+
+def _own_groups(frames: list[tuple[pd.DataFrame, int]]) -> pd.DataFrame | None:
+    """The model's per-group rows of each run with its seed, in one frame (None without runs)."""
+    if not frames:
+        return None
+    first = frames[0][0]
+    if all(f.columns.equals(first.columns) and f.dtypes.equals(first.dtypes) for f, _ in frames):
+        # one concat, one filter: the same frame as filtering each run's table (as below)
+        both = pd.concat([f for f, _ in frames], ignore_index=True).assign(
+            seed=np.repeat(np.array([s for _, s in frames], dtype=np.int64), [len(f) for f, _ in frames]))
+        return both[both["predictor"] == "model"].reset_index(drop=True) if "predictor" in both else both
+    own = [(f[f["predictor"] == "model"] if "predictor" in f else f).assign(seed=s) for f, s in frames]
+    return pd.concat(own, ignore_index=True)
 
 
 def estimate(row: Row, metric: str, heldout: bool = False) -> Estimate:

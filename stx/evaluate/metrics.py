@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 # targets of the original study: metric -> (comparison, threshold)
 TARGETS: dict[str, tuple[str, float]] = {
@@ -72,6 +71,8 @@ def _sample(x: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
 
 def _block_sums(a: np.ndarray, b: np.ndarray, block: int, upper: bool) -> float:
     """Sum of |a_i - b_j| over all pairs; with `upper` (b is a) over pairs i < j only."""
+    import torch
+
     na, nb = _row_dot(a, a), _row_dot(b, b)
     ta, tb = torch.from_numpy(a * np.float32(-2)), torch.from_numpy(b)  # -2 a: exact
     buf = np.empty(min(len(a), block) * len(b), np.float32)
@@ -246,6 +247,8 @@ def _sum_sq(x: np.ndarray) -> float:
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[n, m] float32 |a_i - b_j|^2 by one matrix product (centred, clamped at 0)."""
+    import torch
+
     centre = b.mean(0)
     a, b = np.ascontiguousarray(a - centre, np.float32), np.ascontiguousarray(b - centre, np.float32)
     out = np.empty((len(a), len(b)), np.float32)

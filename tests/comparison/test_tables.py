@@ -120,3 +120,63 @@ def test_runs_of_different_configurations_are_never_pooled():
     names = [r.name for r in rows]
     assert names == ["lora [20 steps, bbbbbb]", "lora [600 steps, aaaaaa]"]
     assert [len(r.runs) for r in rows] == [1, 2]
+
+
+def _one_pivot_each(row, metric, heldout):
+    """The matrix as one pivot per metric (before the pivots were shared)."""
+    frame = row.groups
+    keep = ~frame["small"].astype(bool)
+    keep &= frame["heldout"].astype(bool) == heldout
+    sub = frame[keep]
+    if sub.empty:
+        return pd.DataFrame()
+    return sub.pivot_table(index="seed", columns=["perturbation", "cell_type", "day"], values=metric,
+                           aggfunc="mean", dropna=False)
+
+
+def test_shared_pivots_equal_one_pivot_per_metric():
+    rng = np.random.default_rng(0)
+    frames = {}
+    for i in range(3):
+        frame = _frame(list(rng.random(6)), small={1})
+        frame["cell_r2"] = np.where(rng.random(6) < 0.3, np.nan, rng.random(6))
+        frame["temporal_coherence"] = np.nan  # a metric with no value at all
+        frame.loc[4, "heldout"] = True
+        frame.loc[5, "day"] = np.nan  # a group without a time point still pivots
+        frame["other"] = rng.random(6)  # a column that is not one of the metrics
+        frames[f"l{i}"] = frame
+    records = [_record("lora", f"l{i}", seed=i % 2) for i in range(3)]  # two runs share a seed: averaged
+    (row,) = build_rows(records, frames)
+    for heldout in (False, True):
+        for metric in ("energy_ratio", "pearson_delta", "magnitude_ratio", "temporal_coherence", "cell_r2", "other"):
+            pd.testing.assert_frame_equal(row.matrix(metric, heldout), _one_pivot_each(row, metric, heldout))
+    assert row.matrix("cell_cos").empty  # not in the runs' tables: no matrix
+
+
+def test_runs_tables_are_pooled_the_same_way_whatever_their_columns():
+    from stx.comparison.tables import _own_groups
+
+    a = pd.concat([_frame([0.3] * 6), _frame([0.5] * 6, "mean_shift")], ignore_index=True)
+    b = pd.concat([_frame([0.2] * 6), _frame([0.4] * 6, "truth")], ignore_index=True)
+    fast = _own_groups([(a, 0), (b, 1)])
+    slow = _own_groups([(a, 0), (b.assign(extra=1.0), 1)]).drop(columns="extra")  # other columns: one at a time
+    pd.testing.assert_frame_equal(fast, slow)
+    assert fast["seed"].tolist() == [0] * 6 + [1] * 6 and (fast["predictor"] == "model").all()
+    assert _own_groups([]) is None
+
+
+def test_bootstrap_equals_the_three_operand_sum():
+    """The matrix-product form and the shared resampling counts give the einsum's interval."""
+    rng = np.random.default_rng(3)
+    m = rng.random((7, 11))
+    m[2, 3] = np.nan
+    est = bootstrap(m)
+    draw = np.random.default_rng(0)
+    w_seed = draw.multinomial(7, np.full(7, 1 / 7), size=2000).astype(float)
+    w_group = draw.multinomial(11, np.full(11, 1 / 11), size=2000).astype(float)
+    finite = np.isfinite(m)
+    total = np.einsum("bs,sg,bg->b", w_seed, np.where(finite, m, 0.0), w_group)
+    count = np.einsum("bs,sg,bg->b", w_seed, finite.astype(float), w_group)
+    low, high = np.percentile(total / count, [2.5, 97.5])
+    assert est.low == pytest.approx(low, rel=1e-12) and est.high == pytest.approx(high, rel=1e-12)
+    assert bootstrap(m) == est  # the counts are shared, never consumed
