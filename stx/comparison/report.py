@@ -18,6 +18,7 @@ from stx.comparison import figures
 from stx.comparison.query import RunRecord, check_same_data, experiment_runs, registry_runs
 from stx.comparison.tables import Row, build_rows, comparison_table, differences, summary_lines, to_markdown
 from stx.errors import StxError
+from stx.evaluate.plots import projection_for
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,11 @@ def _missing(run: RunRecord, path: str) -> StxError:
 def _local_root(run: RunRecord) -> Path | None:
     """The run's artifact folder when the store keeps artifacts on this file system (read in
     place: no download, no run lookup), else None."""
-    from urllib.parse import urlparse
+    from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
 
     uri = run.artifact_uri
-    scheme = urlparse(uri).scheme
-    if scheme == "file":
-        from mlflow.utils.file_utils import local_file_uri_to_path
-
-        return Path(local_file_uri_to_path(uri))
-    if not scheme or (len(scheme) == 1 and uri[1:3] in (":\\", ":/")):  # a plain path (C:\... on Windows)
-        return Path(uri)
-    return None
+    return Path(local_file_uri_to_path(uri)) if is_local_uri(uri, is_tracking_or_registry_uri=False) else None
 
 
 def _download(run: RunRecord, path: str, dst: Path) -> Path:
@@ -214,12 +209,8 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
 def _one_blas_thread():  # a context manager
     """Small matrices only (bootstrap replicates, a PCA of a few thousand cells): BLAS threads
     cost more in hand-offs than they save, 5x on two busy cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # a dependency of scikit-learn, hence of scanpy and umap-learn
-        from contextlib import nullcontext
+    from threadpoolctl import threadpool_limits
 
-        return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -251,14 +242,6 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
         return
     figures.prediction_grid(control, perturbed, predicted, out / f"cells_{method}.png", method=method)
     figures.trajectories(shifts, real_shift, out / "trajectories.png")
-
-
-def projection_for(setting: str, dims: int) -> str:
-    """`stx.evaluate.pipeline.projection_for` (auto: PCA for <= 100 dims, else UMAP), here so that
-    `stx compare` never imports the evaluation pipeline, and torch with it."""
-    if setting != "auto":
-        return setting
-    return "pca" if dims <= 100 else "umap"
 
 
 def _cells(shown: dict[str, RunRecord], tmp: Path, projection: str):

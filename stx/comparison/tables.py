@@ -54,15 +54,9 @@ class Row:
         keep = ~frame["small"].astype(bool) if "small" in frame else pd.Series(True, index=frame.index)
         keep &= frame["heldout"].astype(bool) == heldout if "heldout" in frame else (not heldout)
         sub = frame[keep]
-        metrics = [m for m in ALL_METRICS if m in frame]
-        if metric not in metrics:
-            metrics = [metric]
+        metrics = [m for m in ALL_METRICS if m in frame] if metric in ALL_METRICS else [metric]
         if sub.empty:
             self._matrices.update({(heldout, m): pd.DataFrame() for m in metrics})
-            return
-        if len(metrics) == 1:
-            self._matrices[(heldout, metric)] = sub.pivot_table(index="seed", columns=KEY, values=metric,
-                                                                aggfunc="mean", dropna=False)
             return
         table = sub.pivot_table(index="seed", columns=KEY, values=metrics, aggfunc="mean", dropna=False)
         self._matrices.update({(heldout, m): table[m] for m in metrics})

@@ -69,6 +69,17 @@ def _sample(x: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
 # element-wise passes run in numpy: on few cores they cost a fraction of torch's.
 
 
+def _sq_into(out: np.ndarray, a_m2, b, na: np.ndarray, nb: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """out [k, m] <- |a_i - b_j|^2 clamped at 0, from a_m2 = -2 a and b (torch views of float32
+    rows) and their squared norms na [k], nb [m]."""
+    import torch
+
+    torch.mm(a_m2, b.T, out=torch.from_numpy(out))
+    out += na[:, None]
+    out += nb
+    return np.maximum(out, 0, out=out)
+
+
 def _block_sums(a: np.ndarray, b: np.ndarray, block: int, upper: bool) -> float:
     """Sum of |a_i - b_j| over all pairs; with `upper` (b is a) over pairs i < j only."""
     import torch
@@ -80,11 +91,8 @@ def _block_sums(a: np.ndarray, b: np.ndarray, block: int, upper: bool) -> float:
     for i in range(0, len(a), block):
         k = min(block, len(a) - i)
         j = i if upper else 0  # within one set: columns from the block's first row on
-        d = buf[:k * (len(b) - j)].reshape(k, len(b) - j)
-        torch.mm(ta[i:i + k], tb[j:].T, out=torch.from_numpy(d))
-        d += na[i:i + k, None]
-        d += nb[j:]
-        np.sqrt(np.maximum(d, 0, out=d), out=d)
+        d = _sq_into(buf[:k * (len(b) - j)].reshape(k, len(b) - j), ta[i:i + k], tb[j:], na[i:i + k], nb[j:])
+        np.sqrt(d, out=d)
         total += float(d.sum(dtype=np.float64))
         if upper:  # the first k columns are the block against itself: keep its strict upper half
             square = d[:, :k]
@@ -140,11 +148,6 @@ def _pearson(pred: np.ndarray, real: np.ndarray) -> float:
     if _degenerate(pred):
         return 0.0
     return float(np.corrcoef(pred, real)[0, 1])
-
-
-def shifts(fed: np.ndarray, reference: np.ndarray, real: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d_pred, d_real) as defined in the module docstring."""
-    return pred.mean(0) - fed.mean(0), real.mean(0) - reference.mean(0)
 
 
 def _mean_noise(x: np.ndarray) -> float:
@@ -251,11 +254,8 @@ def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     centre = b.mean(0)
     a, b = np.ascontiguousarray(a - centre, np.float32), np.ascontiguousarray(b - centre, np.float32)
-    out = np.empty((len(a), len(b)), np.float32)
-    torch.mm(torch.from_numpy(a * np.float32(-2)), torch.from_numpy(b).T, out=torch.from_numpy(out))
-    out += _row_dot(a, a)[:, None]
-    out += _row_dot(b, b)
-    return np.maximum(out, 0, out=out)
+    return _sq_into(np.empty((len(a), len(b)), np.float32), torch.from_numpy(a * np.float32(-2)),
+                    torch.from_numpy(b), _row_dot(a, a), _row_dot(b, b))
 
 
 def meets_target(metric: str, value: float) -> bool:

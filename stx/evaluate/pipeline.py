@@ -17,6 +17,7 @@ from stx.data.load import CellTable
 from stx.data.split import Split
 from stx.errors import StxError
 from stx.evaluate.design import TestDesign
+from stx.evaluate.plots import projection_for
 from stx.evaluate.predict import Predictions, predict_tasks
 from stx.evaluate.references import REFERENCES, available_references
 from stx.evaluate.report import evaluate, small_groups, summarize
@@ -69,13 +70,6 @@ def evaluate_run(model: torch.nn.Module, table: CellTable, split: Split, design:
         if name != MODEL:
             reference.update(summarize(frame, prefix=f"ref/{name}/"))
     return Evaluation(preds, by_group, summarize(frames[MODEL]), reference)
-
-
-def projection_for(setting: str, dims: int) -> str:
-    """`auto`: PCA for an embedding that is already low-dimensional (<= 100), else UMAP."""
-    if setting != "auto":
-        return setting
-    return "pca" if dims <= 100 else "umap"
 
 
 def cell_figure(table: CellTable, design: TestDesign, preds: Predictions, cfg: Config, out_dir: Path) -> Path:

@@ -18,6 +18,13 @@ UNITS = {
 }
 
 
+def projection_for(setting: str, dims: int) -> str:
+    """`auto`: PCA for an embedding that is already low-dimensional (<= 100), else UMAP."""
+    if setting != "auto":
+        return setting
+    return "pca" if dims <= 100 else "umap"
+
+
 def _figure():
     import matplotlib
 

@@ -74,16 +74,23 @@ def evaluate(table: CellTable, design: TestDesign, preds: Predictions, min_cells
         row["_key"] = (task.pert, task.group // n_days, task.group % n_days)
         deltas[row["_key"]] = (pred.mean(0) - fed.mean(0), observed.d_real)  # (d_pred, d_real)
         rows.append(row)
-    if spec.has_time:  # consecutive time points of the same perturbation and cell type
-        for row in rows:
-            p, c, d = row["_key"]
-            earlier = [k for k in deltas if k[0] == p and k[1] == c and k[2] < d]
-            if earlier:
-                (dp1, dr1), (dp2, dr2) = deltas[max(earlier, key=lambda k: k[2])], deltas[(p, c, d)]
-                row["temporal_coherence"] = temporal_coherence(dp1, dp2, dr1, dr2)
+    if spec.has_time:
+        fill_temporal_coherence(rows, deltas)
     if not rows:
         return pd.DataFrame(columns=[*GROUP_COLUMNS, *ALL_METRICS])
     return pd.DataFrame(rows).drop(columns="_key")
+
+
+def fill_temporal_coherence(rows: list[dict], deltas: dict[tuple, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Set each row's `temporal_coherence` from its shifts and those of the previous time point
+    of the same perturbation and cell type (rows keyed by `_key` = (pert, cell type, day index);
+    `deltas`: key -> (d_pred, d_real))."""
+    for row in rows:
+        p, c, d = row["_key"]
+        earlier = [k for k in deltas if k[0] == p and k[1] == c and k[2] < d]
+        if earlier:
+            (dp1, dr1), (dp2, dr2) = deltas[max(earlier, key=lambda k: k[2])], deltas[(p, c, d)]
+            row["temporal_coherence"] = temporal_coherence(dp1, dp2, dr1, dr2)
 
 
 def summarize(frame: pd.DataFrame, prefix: str = "eval/") -> dict[str, float]:

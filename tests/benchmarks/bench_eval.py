@@ -91,8 +91,6 @@ def _ref_cells(fed, pred, response, seed) -> dict[str, float]:
 
 def reference_evaluate(table: CellTable, design: TestDesign, preds: Predictions, seed: int = 0) -> pd.DataFrame:
     """The metric columns of `report.evaluate` as the float64 implementation computed them."""
-    from stx.evaluate.metrics import temporal_coherence
-
     n_days = len(table.spec.days)
     lookup = {(int(s), int(p), int(g)): i for i, (s, p, g) in enumerate(zip(preds.source, preds.pert,
                                                                              preds.target_group(table),
@@ -107,12 +105,7 @@ def reference_evaluate(table: CellTable, design: TestDesign, preds: Predictions,
         row["_key"] = (task.pert, task.group // n_days, task.group % n_days)
         deltas[row["_key"]] = shift
         rows.append(row)
-    for row in rows:
-        p, c, d = row["_key"]
-        earlier = [k for k in deltas if k[0] == p and k[1] == c and k[2] < d]
-        if earlier:
-            (dp1, dr1), (dp2, dr2) = deltas[max(earlier, key=lambda k: k[2])], deltas[(p, c, d)]
-            row["temporal_coherence"] = temporal_coherence(dp1, dp2, dr1, dr2)
+    report.fill_temporal_coherence(rows, deltas)
     return pd.DataFrame(rows).drop(columns="_key")
 
 

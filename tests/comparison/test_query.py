@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from stx.comparison.query import RunRecord
-from stx.comparison.report import _download, group_tables, projection_for, read_group_tables
+from stx.comparison.report import _download, group_tables, read_group_tables
 from stx.errors import StxError
 
 
@@ -88,9 +88,14 @@ def test_remote_artifacts_are_downloaded_from_the_run_location(tmp_path, monkeyp
         group_tables([_record("x", "s3://bucket/missing")], tmp_path)
 
 
-def test_projection_choice_matches_the_evaluation():
-    from stx.evaluate.pipeline import projection_for as evaluation
+def test_compare_chooses_the_projection_as_the_evaluation_and_without_torch():
+    import subprocess
+    import sys
 
-    for setting in ("auto", "pca", "umap"):
-        for dims in (2, 100, 101, 2048):
-            assert projection_for(setting, dims) == evaluation(setting, dims)
+    from stx.evaluate.plots import projection_for
+
+    assert [projection_for("auto", d) for d in (2, 100, 101, 2048)] == ["pca", "pca", "umap", "umap"]
+    assert projection_for("umap", 2) == "umap" and projection_for("pca", 2048) == "pca"
+    code = "import sys, stx.comparison.report; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
