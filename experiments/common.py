@@ -12,6 +12,7 @@ Two rules, both "a difference counts only when it exceeds the spread across seed
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -163,3 +164,23 @@ def seeds_verdict(a: Sequence[float], b: Sequence[float], lower_is_better: bool 
 def total_seconds(results: dict[str, Result]) -> float:
     """Wall time of all runs."""
     return sum(r.seconds for r in results.values())
+
+
+def experiment_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The options every experiment script takes: --seeds, --steps, --quick, --out, --fresh."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--quick", action="store_true", help="one seed, 20 steps, 1,500 cells")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every case again (default: read back cases and seeds already finished in the "
+                             "experiment with the same configuration, so an interrupted run picks up where it stopped)")
+    return parser
+
+
+def world_overrides(world: str, cells: int, steps: int, heldout: Sequence[str], quick: bool) -> list[str]:
+    """Config overrides of a run on a synthetic world with some groups' perturbed cells withheld."""
+    groups = ", ".join(f'"{g}"' for g in heldout)
+    return [f'datasets.demo="builtin:demo?world={world}&cells={cells}"', f"trainer.max_steps={steps}",
+            f"trainer.val_every_n_steps={max(steps // 4, 10)}", f"data.heldout_groups=[{groups}]",
+            f"data.min_group_cells={3 if quick else 10}", f"trainer.checkpoint_every_n_steps={steps}"]

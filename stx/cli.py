@@ -387,7 +387,7 @@ def data() -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of cells, mice and noise (the gene programs are fixed).")
 @click.option("--world", default="burn", show_default=True, metavar="NAME",
-              help="burn (the study's design), velocity-aligned or velocity-misleading (see --describe).")
+              help="burn (the study's design), velocity-aligned, velocity-misleading or time-switch (see --describe).")
 @click.option("--describe", is_flag=True,
               help="Measure and print each world's properties (with --world: that world only; runs scVelo).")
 def data_demo(out: Path | None, cells: int, seed: int, world: str, describe: bool) -> None:

@@ -170,6 +170,10 @@ class ModelConfig(_Section):
                                   "prediction is its input cell plus the change the pretrained model predicts")
     time_input: bool = Field(True, description="feed the time point (data.time_col) to the model as a learned "
                                                "embedding (zero at start: the pretrained function is unchanged)")
+    time_encoding: Literal["category", "axis"] = Field(
+        "axis", description="how the time point enters: category = one free embedding per time point; axis = "
+                                "positions on one learned direction (time is one-dimensional: neighbouring time "
+                                "points share evidence)")
     lora: LoraConfig = LoraConfig()
     mhc: MhcConfig = MhcConfig()
     velocity: VelocityConfig = VelocityConfig()

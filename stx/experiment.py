@@ -90,7 +90,8 @@ def build_model(cfg: Config, variant: Variant, table: CellTable, plan: Covariate
     # the baseline is the pretrained function exactly: its gate stays closed
     model = adapt_to_data(load_pretrained(cfg.model.checkpoint), table.spec, output_relu=relu,
                           covariates=plan.spec, cell_skip=cfg.model.cell_skip,
-                          cell_skip_init=cfg.model.cell_skip_init if variant.lora else 0.0)
+                          cell_skip_init=cfg.model.cell_skip_init if variant.lora else 0.0,
+                          time_axis=plan.time and cfg.model.time_encoding == "axis")
     if variant.scratch:  # the same architecture from a random start, every weight trained
         model = StateTransition(model.spec)
         for name, param in model.named_parameters():
@@ -189,11 +190,9 @@ def _prepare(cfg: Config, variant: Variant, checked: Checked | None = None) -> P
     """Seed, then data, split, test design, inputs (`stx.preflight`, unless already
     `checked`), model and loss terms: identical for a fresh and a resumed run, and every data
     error surfaces here, before training."""
-    import lightning as L
+    from stx.train.sets import check_memory, seed_everything
 
-    from stx.train.fit import check_memory
-
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    seed_everything(cfg.trainer.seed)
     if checked is None or (variant.velocity and checked.table.velocity is None):
         checked = preflight(cfg, velocity=variant.velocity)
     table, split, plan, design = checked.table, checked.split, checked.plan, checked.design
@@ -326,7 +325,7 @@ def _find_resumable(client, run_ref: str, experiment: str | None):  # noqa: ANN0
 
 def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
     """The velocity loss term of the velocity variants (empty otherwise)."""
-    from stx.train.module import velocity_term
+    from stx.train.objective import velocity_term
 
     if not variant.velocity:
         return ()
@@ -346,21 +345,27 @@ def velocity_terms(cfg: Config, variant: Variant, table: CellTable) -> tuple:
 def _train(cfg: Config, prep: Prepared, out_dir: Path, devices: int | None, buffer: MetricBuffer | None,
            progress: bool, train: bool = True, callbacks: tuple = (), resume_from: Path | None = None):
     from stx.tracking.buffer import MetricBuffer
-    from stx.train.fit import SetSource, fit, make_loaders
-    from stx.train.module import STSystem
+    from stx.train.sets import SetSource, make_loaders
 
-    system = STSystem(prep.model, cfg.trainer, buffer or MetricBuffer(), aux=prep.aux)
+    buffer = buffer or MetricBuffer()
     vcfg = cfg.model.velocity
     source = SetSource(vcfg.source, prep.plan, unseen_tasks=bool(prep.aux) and vcfg.unseen_groups)
-    if not train:
+    if not train:  # the baseline: one validation of the pretrained model, and no training stack imported
+        from stx.evaluate.pipeline import device
+        from stx.train.objective import validation_loss
+
         _, val_loader = make_loaders(prep.table, prep.split, cfg.trainer, source)
         if val_loader is not None:
-            loss, energy = system.validate_now(list(val_loader))
-            system.record_validation(loss, energy, 0)
-            system.buffer.flush()
+            loss, energy = validation_loss(prep.model.to(device()), list(val_loader), prep.aux, 0, device())
+            buffer.add_many({"val/loss": loss, "val/energy_loss": energy}, 0)
+            buffer.flush()
         return None
     from stx.model.mhc import mhc_layers
     from stx.train.callbacks import MHCMonitor
+    from stx.train.fit import fit
+    from stx.train.module import STSystem
+
+    system = STSystem(prep.model, cfg.trainer, buffer, aux=prep.aux)
 
     layers = mhc_layers(prep.model)
     extra = (MHCMonitor(system.buffer, layers, cfg.trainer.log_every_n_steps),) if layers else ()

@@ -5,11 +5,12 @@ and MLflow have loaded. Nothing here imports Lightning, transformers or MLflow.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from stx.config import Config
-from stx.data.covariates import CovariatePlan, check_covariates, plan_covariates
+from stx.data.covariates import CovariatePlan, check_covariates, plan_covariates, warn_off_axis
 from stx.data.load import CellTable, load_cells
 from stx.data.split import TRAIN, Split, make_split
 from stx.errors import StxError
@@ -33,10 +34,23 @@ def preflight(cfg: Config, velocity: bool = False) -> Checked:
     split = make_split(table, cfg)
     plan = plan_covariates(table, cfg)
     check_covariates(table, plan, split.mask(TRAIN), ~split.mask(TRAIN))
+    if plan.time and cfg.model.time_encoding == "axis":
+        warn_off_axis(table, split.mask(TRAIN), str(cfg.data.time_col))
     design = make_design(table, split, cfg.data.split_seed, split.heldout)
     check_design(design, table, cfg.data.min_group_cells)
     check_output_dir(Path(cfg.tracking.output_dir))
     return Checked(table, split, plan, design, check_checkpoint(cfg, table))
+
+
+def preflight_key(cfg: Config, velocity: bool = False) -> str:
+    """Everything `preflight` reads from a config: two configs with the same key build the same
+    `Checked` (a sweep's trials differ in ranks, rates and loss weights, not here)."""
+    v = cfg.model.velocity
+    return json.dumps({
+        "datasets": cfg.datasets, "training": cfg.training, "data": cfg.data.model_dump(mode="json"),
+        "checkpoint": cfg.model.checkpoint, "time_input": cfg.model.time_input, "output_dir": cfg.tracking.output_dir,
+        "velocity": [v.velocity_key, v.min_confidence, v.projection, v.loadings_key] if velocity else None,
+    }, sort_keys=True, default=str)
 
 
 def check_output_dir(folder: Path) -> None:

@@ -93,3 +93,19 @@ def test_errors_through_the_real_console_script(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'no.toml'}: config file not found"
+
+
+@pytest.mark.parametrize(("world", "warned"), [("burn", False), ("time-switch", True)])
+def test_validate_warns_when_the_time_course_is_not_one_movement(tmp_path, write_config, world, warned):
+    from stx.data.builtin import write_demo
+
+    data = write_demo(tmp_path / f"{world}.h5ad", n_cells=3000, seed=1, world=world)
+    result = _run("data", "validate", "--config", str(write_config(data)))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert ("does not move along one direction over time" in text) is warned
+    if warned:
+        assert "consider model.time_encoding = 'category'" in text and "Fib under Burn" in text
+    # a model that does not assume a line is never warned
+    again = _run("data", "validate", "--config", str(write_config(data, "[model]\ntime_encoding = \"category\"\n")))
+    assert "does not move along one direction" not in again.output

@@ -19,14 +19,13 @@ in MLflow (experiment "mhc_stability"). `--quick`: one seed, 20 steps, 1,500 cel
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Case, mean_sd, run_cases, seed_table, seeds_verdict, total_seconds
+from common import Case, experiment_parser, mean_sd, run_cases, seed_table, seeds_verdict, total_seconds
 
 SETTINGS = {
     "normal": (),
@@ -40,14 +39,8 @@ SHOWN = ["loss/max_rise", "loss/rebound", "grad_norm/spikes", "grad_norm/cv", "g
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="one seed, 20 steps, 1,500 cells")
+    parser = experiment_parser(__doc__, steps=400)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
-    parser.add_argument("--fresh", action="store_true",
-                        help="train every case again (default: read back cases and seeds already finished in the "
-                             "experiment with the same configuration, so an interrupted run picks up where it stopped)")
     args = parser.parse_args()
     seeds, steps, cells = ([0], 20, 1500) if args.quick else (args.seeds, args.steps, 8000)
     sections, seconds = [], 0.0

@@ -23,13 +23,12 @@ read back, not trained again (`--fresh` retrains everything).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Case, paired_verdict, run_cases, seed_table, total_seconds
+from common import Case, experiment_parser, paired_verdict, run_cases, seed_table, total_seconds, world_overrides
 
 WORLDS = ("velocity-aligned", "velocity-misleading", "burn")
 HELDOUT = ("Fib:14", "Kera:19")
@@ -73,27 +72,17 @@ def verdicts(results: dict, heldout: bool) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--quick", action="store_true", help="one seed, 20 steps, 1,500 cells")
+    parser = experiment_parser(__doc__, steps=600)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
     parser.add_argument("--worlds", nargs="+", choices=WORLDS, default=list(WORLDS),
                         help="run only these worlds (e.g. one per process, then concatenate the files)")
     parser.add_argument("--cases", nargs="+", help="run only the cases with these names (default: all)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="train every case again (default: read back cases and seeds already finished in the "
-                             "experiment with the same configuration, so an interrupted run picks up where it stopped)")
     args = parser.parse_args()
     seeds, steps, cells = ([0], 20, 1500) if args.quick else (args.seeds, args.steps, 8000)
-    heldout = ", ".join(f'"{g}"' for g in HELDOUT)
     sections = []
     seconds = 0.0
     for world in args.worlds:
-        base = [f'datasets.demo="builtin:demo?world={world}&cells={cells}"', f"trainer.max_steps={steps}",
-                f"trainer.val_every_n_steps={max(steps // 4, 10)}", f"data.heldout_groups=[{heldout}]",
-                f"data.min_group_cells={3 if args.quick else 10}",
-                f"trainer.checkpoint_every_n_steps={steps}"]
+        base = world_overrides(world, cells, steps, HELDOUT, args.quick)
         chosen = [c for c in cases(world, full=not args.quick) if not args.cases or c.name in args.cases]
         results = run_cases(chosen, seeds, base, "velocity_effect", reuse=not args.fresh)
         seconds += total_seconds(results)

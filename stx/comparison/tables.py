@@ -5,6 +5,7 @@ differences with verdicts, the study's targets, and training dynamics."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,7 +168,9 @@ def comparison_table(rows: list[Row], heldout: bool = False) -> pd.DataFrame:
         for metric in ALL_METRICS:
             est = estimate(row, metric, heldout)
             line[metric], line[f"{metric}_low"], line[f"{metric}_high"] = est.mean, est.low, est.high
+            line[f"{metric}_seed_sd"] = seed_spread(row, metric, heldout)
             n_groups = max(n_groups, est.n_groups)
+        line["n_seeds"] = len(row.matrix("energy_ratio", heldout)) if row.kind == "variant" else 0
         line["n_groups"] = n_groups
         versions = [f"models:/stx-{r.variant}/{r.model_version}" for r in row.runs if r.model_version]
         line["source"] = ", ".join(versions) if versions else ("runs" if row.kind == "variant" else "each run")
@@ -183,6 +186,19 @@ def comparison_table(rows: list[Row], heldout: bool = False) -> pd.DataFrame:
     table = pd.DataFrame(out)
     empty = [k for k in DYNAMICS if k in table and table[k].isna().all()]  # e.g. only untrained rows
     return table.drop(columns=empty)
+
+
+def seed_spread(row: Row, metric: str, heldout: bool = False) -> float:
+    """Standard deviation across seeds of each seed's mean over groups (NaN below 2 seeds):
+    how much a result moves with training randomness alone."""
+    m = row.matrix(metric, heldout)
+    if row.kind != "variant" or len(m) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a seed without any finite group
+        per_seed = np.nanmean(m.to_numpy(dtype=float), 1)
+    per_seed = per_seed[np.isfinite(per_seed)]
+    return float(np.std(per_seed, ddof=1)) if len(per_seed) >= 2 else math.nan
 
 
 def _num(value: object) -> float:
@@ -243,6 +259,16 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, heldout: pd.DataFrame 
         lines.append(f"| {line['row']} | {runs} | {line['n_groups']} | "
                      + " | ".join(_cell(line, m) for m in metrics) + f" | {line['targets_met']} | "
                      f"{line.get('source', '')} |")
+    seeded = (table["kind"] == "variant") & (table["n_seeds"] >= 2) if "n_seeds" in table else table["kind"] == ""
+    if seeded.any():
+        lines += ["", "## Spread across seeds (mean ± sd of each seed's mean over groups)", "",
+                  "Training randomness alone; the references do not train, so they have none.", "",
+                  "| row | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+        for _, line in table[seeded | (table["kind"] == "reference")].iterrows():
+            cells = [f"{_fmt(line[m])} ± {_fmt(line[f'{m}_seed_sd'])}" if finite(line.get(f"{m}_seed_sd", math.nan))
+                     else _fmt(line[m]) for m in metrics]
+            seeds = line["n_seeds"] if line["kind"] == "variant" else "reference"
+            lines.append(f"| {line['row']} | {seeds} | " + " | ".join(cells) + " |")
     lines += _diff_section(diffs, "Versus the references and lora")
     if heldout is not None and not heldout.empty and metric_columns(heldout):
         hm = metric_columns(heldout)

@@ -1,11 +1,15 @@
 """Covariates as model inputs: the time point and extra categorical obs columns.
 
-Each becomes a learned embedding added to every cell's token, like arc-state's batch
-embedding, starting at zero so that a pretrained model computes exactly what it did. The
-time point is a *category*, not a number: time courses have a few discrete points, the
-response can change direction between them (the demo's Burn response turns between day 10
-and day 19), and a scalar encoding would impose a smoothness the data do not promise. The
-price: a time point never seen in training cannot be predicted, and stx refuses it.
+Each becomes a learned input added to every cell's token, like arc-state's batch
+embedding, starting at zero so that a pretrained model computes exactly what it did.
+Extra covariates are categories (one free embedding per value). The time point, by default
+(`model.time_encoding = "axis"`), is a position on one learned direction
+(`stx.model.st.TimeAxis`): time is one-dimensional, and a model that moves along one axis
+as the days pass pools the evidence of neighbouring time points instead of fitting each
+day's sampling noise on its own (docs/models.md has the measurements, on a world where the
+time course is one movement and on one where it is not). `"category"` gives each time point
+a free embedding. Either way a time point never seen in training cannot be predicted, and
+stx refuses it.
 
 The time input of a set is the time of its *target* cells (in the usual design the same as
 its control cells'); extra covariates are read per control cell, like the batch.
@@ -85,3 +89,54 @@ def check_covariates(table: CellTable, plan: CovariatePlan, trained: np.ndarray,
             raise DataError(f"{table.files[0]}: {key} values {shown} of obs column "
                             f"'{plan.names[0] if name == 'time' else name}' occur only in held-out cells, never in "
                             f"training: the model cannot learn them (move those cells to training or drop the column)")
+
+
+# A time course that is one movement plus sampling noise leaves a residual off its best line
+# about the size of that noise (ratio ~1; 0.4-2.6 measured on the demo's line-shaped worlds);
+# the time-switch world, whose days point in different directions, scores 3.6-30.
+OFF_AXIS_RATIO = 4.0
+
+
+def _mean_noise(x: np.ndarray) -> float:
+    return float(x.var(0, ddof=1).sum() / len(x))
+
+
+def off_axis_cell_types(table: CellTable, trained: np.ndarray) -> list[tuple[str, str, float]]:
+    """(perturbation, cell type, ratio) where the training time course is not one movement:
+    the part of the days' mean shifts off their best line, over the sampling noise of those
+    means, above OFF_AXIS_RATIO. Needs 3 or more time points with training cells."""
+    spec = table.spec
+    n_days = len(spec.days)
+    if n_days < 3:
+        return []
+    ctrl = table.pert == spec.control_index
+    found = []
+    for p in sorted(set(np.unique(table.pert[trained & ~ctrl]).tolist())):
+        for ct in range(len(spec.cell_types)):
+            shifts, noise = [], []
+            for d in range(n_days):
+                g = ct * n_days + d
+                c = trained & ctrl & (table.group == table.control_group(g))
+                r = trained & (table.pert == p) & (table.group == g)
+                if c.sum() >= 2 and r.sum() >= 2:
+                    shifts.append(table.emb[r].mean(0) - table.emb[c].mean(0))
+                    noise.append(_mean_noise(table.emb[r]) + _mean_noise(table.emb[c]))
+            if len(shifts) < 3:
+                continue
+            x = np.stack(shifts).astype(np.float64)
+            sv = np.linalg.svd(x - x.mean(0), compute_uv=False)
+            ratio = float(sv[1] ** 2 / max(np.mean(noise), 1e-12))
+            if ratio > OFF_AXIS_RATIO:
+                found.append((spec.perts[p], spec.cell_types[ct], ratio))
+    return found
+
+
+def warn_off_axis(table: CellTable, trained: np.ndarray, time_col: str) -> None:
+    """One warning naming the cell types whose time course model.time_encoding = "axis" misfits."""
+    found = off_axis_cell_types(table, trained)
+    if found:
+        shown = ", ".join(f"{ct} under {p} ({ratio:.1f}x)" for p, ct, ratio in found[:8])
+        log.warning("data.time_col '%s': the response of %d cell type(s) does not move along one direction over time "
+                    "(%s; the residual off one line, over its sampling noise): model.time_encoding = 'axis' assumes "
+                    "it does and may misplace unseen time points; consider model.time_encoding = 'category'",
+                    time_col, len(found), shown + (", ..." if len(found) > 8 else ""))

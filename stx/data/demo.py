@@ -57,6 +57,8 @@ class World:
     programs: float  # scale of the Burn gene programs (a response off the trajectory)
     depth: float  # mean counts per cell: lower means more counting noise
     latent: tuple[str, float, float]  # ("normal", mean, sd) or ("uniform", low, high), in units of T_MAX
+    # (early, late) program weights per day of DAYS; None: the smooth course of `program_weights`
+    course: tuple[tuple[float, float], ...] | None = None
 
     def latent_time(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Each cell's position on its trajectory."""
@@ -77,6 +79,10 @@ WORLDS: dict[str, World] = {
         World("velocity-misleading", "Burn pushes cells back along their trajectory: the response runs against "
               "each cell's velocity (negative control: the velocity prior points the wrong way)", push=-2.0,
               programs=0.0, depth=40000.0, latent=("uniform", 0.15, 0.9)),
+        World("time-switch", "as burn, but the Burn programs switch at every time point (early at day 10, late at "
+              "day 14, both at day 19): a time course that is no movement along one direction (negative control "
+              "for model.time_encoding = 'axis')", push=1.0, programs=1.0, depth=8000.0,
+              latent=("normal", 0.5, 0.15), course=((1.0, 0.0), (0.0, 1.0), (1.0, 1.0))),
     )
 }
 DEFAULT_WORLD = "burn"
@@ -178,7 +184,11 @@ class GeneSpace:
                     world: World = WORLDS[DEFAULT_WORLD]) -> tuple[np.ndarray, np.ndarray]:
         """(time push [cells], log transcription-rate change [cells, genes]) of Burn in `world`."""
         p = self.params
-        w_early, w_late = program_weights(day)
+        if world.course is None:
+            w_early, w_late = program_weights(day)
+        else:
+            weights = np.array(world.course)[np.searchsorted(DAYS, day)]
+            w_early, w_late = weights[:, 0], weights[:, 1]
         log_shift = world.programs * p["program_scale"][cell_type][:, None] * (
             w_early[:, None] * p["programs"][0, cell_type] + w_late[:, None] * p["programs"][1, cell_type]
         )

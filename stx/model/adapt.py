@@ -39,7 +39,7 @@ def _remap_columns(old: torch.Tensor, old_names: tuple[str, ...], new_names: tup
 
 def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | None = None,
                   covariates: tuple[tuple[str, tuple[str, ...]], ...] = (), cell_skip: bool = False,
-                  cell_skip_init: float = 0.0) -> StateTransition:
+                  cell_skip_init: float = 0.0, time_axis: bool = False) -> StateTransition:
     """A copy of the pretrained model with input layers for `data`'s vocabularies, the
     covariate inputs `covariates` ((name, vocabulary); their embeddings start at zero) and,
     with `cell_skip`, the cell-skip gate (`stx.model.st`), opened to `cell_skip_init` where
@@ -57,7 +57,8 @@ def adapt_to_data(pretrained: Pretrained, data: DataSpec, output_relu: bool | No
         raise StxError(f"the checkpoint {where} predicts {spec.output_dim} dims but {key} has {data.embed_dim}")
     new_spec = replace(spec, pert_names=data.perts, batch_names=data.batches if spec.batch_encoder else (),
                        output_relu=spec.output_relu if output_relu is None else output_relu,
-                       covariates=covariates, cell_skip=cell_skip or spec.cell_skip)
+                       covariates=covariates, cell_skip=cell_skip or spec.cell_skip,
+                       time_axis=time_axis and bool(covariates))
     model = StateTransition(new_spec)
     old_state = pretrained.model.state_dict()
     new_state = model.state_dict()

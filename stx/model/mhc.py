@@ -25,6 +25,7 @@ unmodified HF layer loop, masks and position embeddings are untouched.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -38,12 +39,21 @@ RES_INIT = 3.0  # Sinkhorn(3 I): diagonal 0.87 for n = 4; soft enough to keep gr
 
 
 def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
-    """Doubly stochastic projection of exp(logits) [..., n, n]: columns, then rows, in log space (fp32)."""
+    """Doubly stochastic projection of exp(logits) [..., n, n]: columns, then rows (fp32).
+
+    Normalised by sums in linear space rather than by logsumexp in log space: the same
+    matrices to float32 rounding (tested), at a third of the cost of the tiny ops this
+    runs 20 times per layer and step. Logits are shifted by their maximum (the result does
+    not change) and gaps beyond 60 nats are clamped (entries below e^-60 of the largest;
+    far outside what fine-tuning reaches from H_res = Sinkhorn(3 I)), so no row or column
+    can underflow to all zeros.
+    """
     z = logits.float()
+    z = (z - z.amax((-2, -1), keepdim=True)).clamp_min(-60.0).exp()
     for _ in range(iters):
-        z = z - torch.logsumexp(z, dim=-2, keepdim=True)
-        z = z - torch.logsumexp(z, dim=-1, keepdim=True)
-    return z.exp()
+        z = z / z.sum(-2, keepdim=True)
+        z = z / z.sum(-1, keepdim=True)
+    return z
 
 
 def permutation_matrices(n: int) -> torch.Tensor:
@@ -106,6 +116,9 @@ class MHCCoefficients(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, S, n, C] -> H_pre [.., n], H_post [.., n], H_res [.., n, n] (static: no batch dims)."""
         pre, post, res = self.b_pre.float(), self.b_post.float(), self.b_res.float()
+        shared = self.__dict__.get("shared")
+        if shared is not None:  # static: projected once per forward for every layer (StaticMixing)
+            return torch.sigmoid(pre), 2 * torch.sigmoid(post), shared.h_res[self.__dict__["slot"]]
         if self.dynamic:
             n = self.n
             flat = x.float().flatten(-2)
@@ -116,6 +129,39 @@ class MHCCoefficients(nn.Module):
             extra = self.alpha[2] * proj[..., 2 * n:]
             res = res + (extra.unflatten(-1, (n, n)) if self.projection == "sinkhorn" else extra)
         return torch.sigmoid(pre), 2 * torch.sigmoid(post), self._res(res)
+
+
+class StaticMixing:
+    """The static H_res of every layer of a backbone, projected together once per forward.
+
+    Static coefficients depend on parameters only, so the L layers' Sinkhorn projections
+    are one batched call ([L, n, n]) made when the first layer runs, instead of L chains of
+    20 tiny operations each (on a CPU these launches were a large part of mHC's overhead).
+    Held by the coefficient modules outside their module tree: no parameters, nothing in a
+    state dict, and a deep copy (the weight average's) gets its own.
+    """
+
+    def __init__(self, coefficients: list[MHCCoefficients]):
+        self.coefficients = coefficients
+        self.h_res = torch.empty(0)
+        for slot, coef in enumerate(coefficients):
+            coef.__dict__["shared"], coef.__dict__["slot"] = self, slot
+
+    def refresh(self) -> None:
+        """Project every layer's H_res (called by the first layer of each forward)."""
+        first = self.coefficients[0]
+        self.h_res = first._res(torch.stack([c.b_res.float() for c in self.coefficients]))
+
+    def release(self) -> None:
+        """Drop the projection (called by the last layer): no graph is held between forwards."""
+        self.h_res = torch.empty(0)
+
+    def __deepcopy__(self, memo: dict) -> StaticMixing:
+        new = StaticMixing.__new__(StaticMixing)
+        memo[id(self)] = new
+        new.coefficients = copy.deepcopy(self.coefficients, memo)
+        new.h_res = torch.empty(0)  # a projection in flight belongs to the original's graph
+        return new
 
 
 class MHCLayer(nn.Module):
@@ -138,19 +184,26 @@ class MHCLayer(nn.Module):
             x = hidden_states.float().unsqueeze(-2).expand(b, s, self.n, self.width)
         else:
             x = hidden_states.float().view(b, s, self.n, self.width)
+        shared = self.mhc.__dict__.get("shared")
+        if self.first and shared is not None:
+            shared.refresh()
         h_pre, h_post, h_res = self.mhc(x)
+        # H_pre (the layer's input) and H_res (the mixing) read the same streams: one product
+        # for both, [.., n + 1, n] x [.., n, C]
+        read = torch.cat([h_pre.unsqueeze(-2), h_res], -2)
         if h_res.dim() == 2:  # static: one set of matrices for all tokens (a plain GEMM, no tiny bmm)
             self.last_h_res = h_res.detach()
-            x_in = (h_pre[:, None] * x).sum(-2)
-            mixed = torch.einsum("ij,...jc->...ic", h_res, x)
-        else:  # dynamic: per token; broadcast-multiply beats a batch of 4 x 4 matmuls
+            both = torch.einsum("ij,...jc->...ic", read, x)
+        else:  # dynamic: per token; broadcast-multiply beats a batch of 5 x 4 matmuls
             self.last_h_res = h_res.detach().mean((0, 1))
-            x_in = (h_pre[..., None] * x).sum(-2)
-            mixed = (h_res[..., None] * x[..., None, :, :]).sum(-2)
+            both = (read[..., None] * x[..., None, :, :]).sum(-2)
+        x_in, mixed = both[..., 0, :], both[..., 1:, :]
         out = self.block(x_in.to(hidden_states.dtype), *args, **kwargs)
         y = out[0] if isinstance(out, tuple) else out
         branch = y.float() - x_in  # F(h) = layer(h) - h, in fp32
-        x_next = mixed + h_post[..., None] * branch[..., None, :]
+        x_next = torch.addcmul(mixed, h_post[..., None], branch[..., None, :])  # one pass, not mul then add
+        if self.last and shared is not None:
+            shared.release()
         h = (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
@@ -162,6 +215,8 @@ def apply_mhc(backbone: nn.Module, cfg: MhcConfig) -> list[MHCLayer]:
     wrapped = [MHCLayer(layer, i, len(layers), width, cfg) for i, layer in enumerate(layers)]
     for i, layer in enumerate(wrapped):
         layers[i] = layer
+    if not cfg.dynamic and wrapped:
+        StaticMixing([layer.mhc for layer in wrapped])
     return wrapped
 
 

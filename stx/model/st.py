@@ -57,6 +57,7 @@ class ModelSpec:
     backbone: dict[str, Any] = field(default_factory=dict)
     covariates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # stx's inputs beyond arc-state's: (name, vocab)
     cell_skip: bool = False  # stx's gated identity path for the input cell (see the module docstring)
+    time_axis: bool = False  # the first covariate is the time point, encoded on a learned axis (TimeAxis)
 
     @property
     def pert_dim(self) -> int:
@@ -75,6 +76,36 @@ class ModelSpec:
         """Inverse of `to_dict`."""
         return cls(**{**raw, "pert_names": tuple(raw["pert_names"]), "batch_names": tuple(raw["batch_names"]),
                       "covariates": tuple((str(n), tuple(v)) for n, v in raw.get("covariates", ()))})
+
+
+def time_positions(vocab: tuple[str, ...]) -> torch.Tensor:
+    """Starting positions of the time points on the axis: their values standardised where they
+    are numbers (days 10, 14, 19), else their ranks."""
+    try:
+        values = torch.tensor([float(v) for v in vocab], dtype=torch.float32)
+    except ValueError:
+        values = torch.arange(len(vocab), dtype=torch.float32)
+    spread = values.std() if len(values) > 1 else values.new_tensor(1.0)
+    return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
+class TimeAxis(nn.Module):
+    """The time point as a position on one learned axis: embedding(t) = position[t] * direction.
+
+    Time is one-dimensional, so the time points share one input direction and differ only by
+    where they sit on it (each position is learned, starting from the standardised value):
+    a model that moves smoothly along the axis pools the evidence of neighbouring time
+    points instead of fitting each one's sampling noise separately. The direction starts at
+    zero, so a pretrained model computes exactly what it did.
+    """
+
+    def __init__(self, vocab: tuple[str, ...], hidden_dim: int):
+        super().__init__()
+        self.position = nn.Parameter(time_positions(vocab))
+        self.direction = nn.Parameter(torch.zeros(hidden_dim))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.position[codes][..., None] * self.direction
 
 
 def build_mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, dropout: float,
@@ -135,9 +166,12 @@ class StateTransition(nn.Module):
             nn.Embedding(len(spec.batch_names), h) if spec.batch_encoder and spec.batch_names else None
         )
         # zero at init: a pretrained model without these inputs computes exactly what it did
-        self.covariate_encoders = nn.ModuleList(nn.Embedding(len(vocab), h) for _, vocab in spec.covariates)
+        self.covariate_encoders = nn.ModuleList(
+            TimeAxis(vocab, h) if k == 0 and spec.time_axis else nn.Embedding(len(vocab), h)
+            for k, (_, vocab) in enumerate(spec.covariates))
         for encoder in self.covariate_encoders:
-            nn.init.zeros_(encoder.weight)
+            if isinstance(encoder, nn.Embedding):
+                nn.init.zeros_(encoder.weight)
         self.skip_gate = nn.Parameter(torch.zeros(spec.output_dim)) if spec.cell_skip else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -135,15 +135,18 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
     from stx.sweeps.space import as_overrides, search_space, suggest
     from stx.variants import resolve_variant
 
+    start = time.perf_counter()
     base = load_config(req.config_path, req.overrides)
     values = suggest(trial, search_space(resolve_variant(req.variant), base.sweep.params, base.sweep.fixed))
-    # trials keep their model package locally; only the best one is registered, when the study ends
+    # trials keep their model package locally; only the best one is registered, when the study ends;
+    # their cell figure is a PCA unless the config asks for UMAP by name (UMAP's cost is per trial)
+    quick = ["tracking.projection=pca"] if base.tracking.projection == "auto" else []
     cfg = load_config(req.config_path, [*req.overrides, *as_overrides(base.sweep.fixed), *as_overrides(values),
-                                        "tracking.register_model=false"])
+                                        "tracking.register_model=false", *quick])
     callbacks = (PruningReporter(trial, base.sweep.objective),) if req.pruner != "none" else ()
     try:
         summary = run_experiment(cfg, req.variant, req.tracking_uri, experiment=req.experiment, progress=False,
-                                 parent_run_id=parent_run_id, callbacks=callbacks,
+                                 parent_run_id=parent_run_id, callbacks=callbacks, checked=_checked(cfg, req.variant),
                                  extra_tags={"stx.study": str(req.study), "stx.trial": str(trial.number)})
     except RunPruned:
         raise optuna.TrialPruned() from None
@@ -153,6 +156,7 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
         trial.set_user_attr("error", describe_error(err, 200))
         raise
     trial.set_user_attr("mlflow_run_id", summary.run_id)
+    trial.set_user_attr("wall_time_s", time.perf_counter() - start)  # the whole trial, setup included
     # the run's own values first: they exist even when the store was away and the run held them
     metrics = {**summary.metrics, **summary.reference}
     if base.sweep.objective not in metrics and not summary.held:
@@ -160,6 +164,23 @@ def objective(req: SweepRequest, parent_run_id: str, trial) -> float:  # noqa: A
     if base.sweep.objective not in metrics:
         raise StxError(f"sweep.objective '{base.sweep.objective}' was not logged by run {summary.run_id}")
     return float(metrics[base.sweep.objective])
+
+
+# What preflight builds (data, velocity, split, test design) depends on the data and the
+# inputs, not on what a sweep varies: a worker builds it once and its trials reuse it.
+_CHECKED: dict[str, object] = {}
+
+
+def _checked(cfg, variant_name: str):  # noqa: ANN001
+    from stx.preflight import preflight, preflight_key
+    from stx.variants import resolve_variant
+
+    velocity = resolve_variant(variant_name).velocity
+    key = preflight_key(cfg, velocity)
+    if key not in _CHECKED:
+        _CHECKED.clear()  # one data set held per worker
+        _CHECKED[key] = preflight(cfg, velocity=velocity)
+    return _CHECKED[key]
 
 
 def _worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) -> None:
@@ -172,8 +193,11 @@ def _worker(req: SweepRequest, parent_run_id: str, storage_url: str, seed: int) 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=req.study, storage=make_storage(storage_url),
                               sampler=make_sampler(req.sampler, seed), pruner=make_pruner(req.pruner))
-    study.optimize(partial(objective, req, parent_run_id), timeout=req.timeout, catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(req.n_trials, states=None), _report_failure])
+    try:
+        study.optimize(partial(objective, req, parent_run_id), timeout=req.timeout, catch=(Exception,),
+                       callbacks=[MaxTrialsCallback(req.n_trials, states=None), _report_failure])
+    finally:
+        _CHECKED.clear()
 
 
 def _report_failure(study, trial) -> None:  # noqa: ANN001 - Optuna's callback signature

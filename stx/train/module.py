@@ -9,33 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import nn
 
-from stx.config import TrainerConfig, VelocityConfig
-from stx.data import keys
-from stx.model.losses import energy_loss
+from stx.config import TrainerConfig
 from stx.tracking.buffer import MetricBuffer
-
-# (pred, batch, step) -> (loss, extra metrics); its weight schedule is the term's business
-AuxLoss = Callable[[torch.Tensor, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-@dataclass(frozen=True)
-class LossTerm:
-    """A named auxiliary loss added to the energy distance.
-
-    Every `grad_ratio_every` steps (0: never) the system logs `train/<name>_grad_ratio`, the
-    norm of this term's gradient over the energy loss's, on the trainable parameters: whether
-    the term does anything at all.
-    """
-
-    name: str
-    fn: AuxLoss
-    grad_ratio_every: int = 0
+from stx.train.objective import LossTerm, batch_loss, validation_loss
 
 
 def no_decay(name: str, param: nn.Parameter) -> bool:
@@ -91,22 +72,8 @@ class STSystem(L.LightningModule):
 
     def shared_step(self, batch: dict[str, torch.Tensor],
                     parts: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its named terms for one batch (`parts` receives each term's value
-        with its graph, for the gradient ratios)."""
-        pred = self.model(batch)
-        energy = energy_loss(pred, batch[keys.PERT_CELL_EMB], batch.get(keys.HAS_TARGET))
-        terms = {"energy_loss": energy}
-        total = energy
-        for term in self.aux:
-            value, extra = term.fn(pred, batch, self.global_step)
-            total = total + value
-            terms.update(extra)
-            if parts is not None:
-                parts[term.name] = value
-        terms["loss"] = total
-        if parts is not None:
-            parts["energy"] = energy
-        return total, terms
+        """Total loss and its named terms for one batch (`stx.train.objective.batch_loss`)."""
+        return batch_loss(self.model, batch, self.aux, self.global_step, parts)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         step = self.global_step
@@ -159,19 +126,9 @@ class STSystem(L.LightningModule):
         self.best_val = min(self.best_val, float(loss))
         self.last_val_step = step
 
-    @torch.no_grad()
     def validate_now(self, batches: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(val/loss, val/energy_loss) over `batches`, in eval mode, outside Lightning's loop."""
-        was_training = self.model.training
-        self.model.eval()
-        losses, energies = [], []
-        for batch in batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            loss, terms = self.shared_step(batch)
-            losses.append(loss)
-            energies.append(terms["energy_loss"])
-        self.model.train(was_training)
-        return torch.stack(losses).mean(), torch.stack(energies).mean()
+        return validation_loss(self.model, batches, self.aux, self.global_step, self.device)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's contract
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -183,27 +140,3 @@ class STSystem(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(self.tcfg.lr_warmup_steps, self.tcfg.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def velocity_term(vcfg: VelocityConfig, use_magnitude: bool, control_index: int = 0) -> LossTerm:
-    """`w(t) lambda (1 - cos(shift, v)) + mu | |shift| - beta |v| |` with w(t) = min(1, t / warmup),
-    on perturbed sets only: a control->control set's right shift is zero, not the velocity."""
-    from stx.model.losses import velocity_alignment, warmup_weight
-
-    mu = vcfg.mu if use_magnitude else 0.0
-
-    def fn(pred: torch.Tensor, batch: dict[str, torch.Tensor], step: int):
-        parts = velocity_alignment(pred - batch[keys.CTRL_EMB], batch[keys.VELOCITY], batch[keys.VELOCITY_WEIGHT],
-                                   min_confidence=vcfg.min_confidence, beta=vcfg.beta, reduce=vcfg.reduce,
-                                   sets=batch[keys.PERT_INDEX] != control_index)
-        w = warmup_weight(step, vcfg.warmup_steps)
-        value = w * vcfg.lambda_ * parts["direction"] + mu * parts["magnitude"]
-        return value, {
-            "velocity_loss": parts["direction"].detach(),
-            "velocity_magnitude_loss": parts["magnitude"].detach(),
-            "velocity_cos": parts["cos"],
-            "velocity_weight": torch.tensor(w * vcfg.lambda_),
-            "velocity_coverage": parts["coverage"],
-        }
-
-    return LossTerm("velocity", fn, vcfg.grad_ratio_every)

@@ -69,7 +69,7 @@ def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Pa
               sink=None, monitor: bool = False) -> float:
     """Median step time (s) of one training run of `variant`."""
     from stx.data.covariates import plan_covariates
-    from stx.train.fit import SetSource
+    from stx.train.sets import SetSource
 
     model = model_for(cfg, table, variant)
     clock = Clock()
@@ -84,7 +84,7 @@ def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Pa
 def activation_bytes(cfg: Config, table: CellTable, split: Split, variant: str) -> int:
     """Bytes of tensors autograd saves for backward in one training step (activation memory)."""
     from stx.data.covariates import plan_covariates
-    from stx.train.fit import SetSource, make_loaders
+    from stx.train.sets import SetSource, make_loaders
 
     model = model_for(cfg, table, variant)
     system = STSystem(model, cfg.trainer, MetricBuffer())

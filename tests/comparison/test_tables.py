@@ -77,6 +77,14 @@ def test_rows_intervals_and_paired_verdicts():
     assert ms["verdict"] == NO_CLEAR
     text = to_markdown(comparison_table(rows), diffs)
     assert "| mean_shift | reference |" in text and NO_CLEAR in text
+    # the seeds' spread: sd over seeds of each seed's mean over groups; none for a reference
+    sd = np.std([np.mean(lora[0]), np.mean(lora[1])], ddof=1)
+    assert table.loc["lora", "energy_ratio_seed_sd"] == pytest.approx(sd) and table.loc["lora", "n_seeds"] == 2
+    assert np.isnan(table.loc["mean_shift", "energy_ratio_seed_sd"])
+    assert "## Spread across seeds" in text
+    assert f"| lora | 2 | {np.mean(lora):.3f} ± {sd:.3f} | {1 - np.mean(lora):.3f} ± {sd:.3f} |" in text
+    spread = text.split("## Spread across seeds")[1].split("##")[0]
+    assert "| mean_shift | reference | 0.400 | 0.600 |" in spread  # beside the references it must beat
     lines = summary_lines(comparison_table(rows), diffs)
     assert any(line.startswith("lora-velocity:") and "vs lora: better on energy_ratio" in line for line in lines)
     assert not any("vs mean_shift: better" in line for line in lines if line.startswith("lora:"))
@@ -95,6 +103,7 @@ def test_single_seed_differences_are_marked():
     diffs = differences(rows)
     assert (diffs["seeds"] == 1).all()
     assert "(1 seed)" in to_markdown(comparison_table(rows), diffs)
+    assert "Spread across seeds" not in to_markdown(comparison_table(rows), diffs)  # one seed has no spread
 
 
 def test_mixed_data_sets_are_refused_unless_allowed():

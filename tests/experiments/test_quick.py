@@ -42,3 +42,12 @@ def test_mhc_stability_quick_and_an_interrupted_script_picks_up_where_it_stopped
     again = _run("mhc_stability", tmp_path)
     assert sorted(p.name for p in (tmp_path / "stx_outputs").iterdir()) == runs
     assert again.split("Wall time")[1].split("\n", 1)[1] == text.split("Wall time")[1].split("\n", 1)[1]
+
+
+@pytest.mark.slow
+def test_time_encoding_quick(tmp_path):
+    text = _run("time_encoding", tmp_path)
+    for world in ("burn", "time-switch"):
+        assert f"## World `{world}`" in text
+    assert "| lora (time axis) vs lora (time category) |" in text
+    assert "*mean_shift* (reference)" in text

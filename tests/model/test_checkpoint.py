@@ -106,7 +106,8 @@ def test_copy_of_stx_mini_is_loadable_from_a_path(tmp_path):
     assert load_pretrained(str(tmp_path / "mini")).spec.hidden_dim == 128
 
 
-def test_covariate_inputs_start_as_the_pretrained_function_and_learn(tmp_path):
+@pytest.mark.parametrize("time_axis", [False, True], ids=["time-category", "time-axis"])
+def test_covariate_inputs_start_as_the_pretrained_function_and_learn(tmp_path, time_axis):
     from stx.config import LoraConfig
     from stx.data import keys
     from stx.model.lora import apply_lora, freeze_for_finetuning
@@ -114,7 +115,8 @@ def test_covariate_inputs_start_as_the_pretrained_function_and_learn(tmp_path):
     pretrained = load_pretrained("stx-mini")
     covariates = (("day", ("10", "14", "19")), ("sex", ("F", "M")))
     adapted = adapt_to_data(pretrained, _data_spec(dim=64, perts=("DMSO_TF", "Burn")), covariates=covariates,
-                            cell_skip=True)
+                            cell_skip=True, time_axis=time_axis)
+    assert adapted.spec.time_axis == time_axis
     x = {keys.CTRL_EMB: torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0)),
          keys.PERT_INDEX: torch.tensor([0, 1]), keys.BATCH_INDEX: torch.zeros(2, 8, dtype=torch.long),
          keys.COVARIATES: torch.tensor([[[2, 1]] * 8, [[0, 0]] * 8])}
@@ -126,10 +128,13 @@ def test_covariate_inputs_start_as_the_pretrained_function_and_learn(tmp_path):
     assert all(p.requires_grad for p in adapted.covariate_encoders.parameters())
     assert adapted.skip_gate.requires_grad and float(adapted.skip_gate.detach().abs().max()) == 0.0
     adapted(x).pow(2).mean().backward()
-    assert adapted.covariate_encoders[0].weight.grad.abs().max() > 0  # zero at start, yet it learns
+    time = adapted.covariate_encoders[0]
+    learned = time.direction if time_axis else time.weight
+    assert learned.grad.abs().max() > 0  # zero at start, yet it learns
+    assert adapted.covariate_encoders[1].weight.grad.abs().max() > 0
     # the time point now changes the prediction
     with torch.no_grad():
-        adapted.covariate_encoders[0].weight.normal_()
+        learned.normal_()
     y = adapted.eval()(x)
     x2 = {**x, keys.COVARIATES: x[keys.COVARIATES].clone()}
     x2[keys.COVARIATES][..., 0] = 1
@@ -190,3 +195,33 @@ def test_other_arc_state_models_and_options_are_refused(tmp_path, change, messag
         torch.save(ckpt, run / "checkpoints/final.ckpt")
     with pytest.raises(StxError, match=message):
         load_pretrained(str(run))
+
+
+def test_time_axis_places_the_time_points_on_one_learned_direction():
+    from stx.model.st import TimeAxis, time_positions
+
+    torch.testing.assert_close(time_positions(("10", "14", "19")),
+                               (torch.tensor([10.0, 14, 19]) - 43 / 3) / torch.tensor([10.0, 14, 19]).std())
+    torch.testing.assert_close(time_positions(("early", "late")), torch.tensor([-1.0, 1.0]) / 2**0.5)
+    axis = TimeAxis(("10", "14", "19"), 8)
+    codes = torch.tensor([[0, 2], [1, 1]])
+    assert axis(codes).shape == (2, 2, 8) and float(axis(codes).detach().abs().max()) == 0.0  # zero at start
+    with torch.no_grad():
+        axis.direction.normal_()
+    out = axis(codes).reshape(-1, 8)
+    # every time point's embedding is a multiple of one direction: rank 1
+    assert torch.linalg.matrix_rank(out) == 1
+    torch.testing.assert_close(out[0] / axis.position[0], axis.direction)
+
+
+def test_a_saved_model_keeps_its_time_encoding(tmp_path):
+    from stx.model.st import ModelSpec
+
+    pretrained = load_pretrained("stx-mini")
+    adapted = adapt_to_data(pretrained, _data_spec(dim=64, perts=("DMSO_TF", "Burn")),
+                            covariates=(("day", ("10", "14", "19")),), time_axis=True)
+    raw = adapted.spec.to_dict()
+    assert ModelSpec.from_dict(raw).time_axis is True
+    # a model saved before the axis existed has no such key: its time is a category, as trained
+    del raw["time_axis"]
+    assert ModelSpec.from_dict(raw).time_axis is False

@@ -33,6 +33,27 @@ def test_sinkhorn_is_doubly_stochastic_and_improves_with_iterations():
     assert (sinkhorn(logits, 10) >= 0).all()
 
 
+def _log_space_sinkhorn(logits, iters):
+    z = logits.double()
+    for _ in range(iters):
+        z = z - torch.logsumexp(z, dim=-2, keepdim=True)
+        z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    return z.exp()
+
+
+def test_sinkhorn_equals_the_log_space_algorithm_even_for_extreme_logits():
+    logits = torch.empty(64, 4, 4).uniform_(-5, 5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(sinkhorn(logits, 10).double(), _log_space_sinkhorn(logits, 10), atol=2e-6, rtol=0)
+    # large gaps (up to 50 nats): still the same matrices
+    large = torch.tensor([[20.0, -20.0, 0.0], [0.0, 15.0, -30.0], [-10.0, 0.0, 12.0]])
+    torch.testing.assert_close(sinkhorn(large, 10).double(), _log_space_sinkhorn(large, 10), atol=1e-6, rtol=0)
+    # gaps far beyond exp's float32 range are clamped at 60 nats: no row or column underflows
+    # to zeros, so no NaN, and the rows still sum to 1
+    h = sinkhorn(torch.tensor([[200.0, -200.0, 0.0], [0.0, 150.0, -300.0], [-100.0, 0.0, 120.0]]), 10)
+    assert torch.isfinite(h).all() and (h >= 0).all()
+    torch.testing.assert_close(h.sum(-1), torch.ones(3))
+
+
 def test_sinkhorn_rows_sum_to_one_after_the_last_row_step():
     h = sinkhorn(torch.randn(3, 3), 5)
     torch.testing.assert_close(h.sum(-1), torch.ones(3))
@@ -71,6 +92,40 @@ def test_identity_at_init(n, dynamic, projection):
     before = model(batch())
     apply_mhc(model.transformer_backbone, MhcConfig(streams=n, dynamic=dynamic, projection=projection))
     torch.testing.assert_close(model(batch()), before, atol=1e-5, rtol=0)
+
+
+def test_static_mixing_is_projected_once_per_forward_and_equals_each_layers_own():
+    import copy
+
+    model = tiny()
+    layers = apply_mhc(model.transformer_backbone, MhcConfig(streams=4))
+    with torch.no_grad():
+        for layer in layers:
+            layer.mhc.b_res.add_(torch.randn(4, 4))
+    calls = []
+    import stx.model.mhc as mhc_module
+
+    original = mhc_module.sinkhorn
+    mhc_module.sinkhorn = lambda logits, iters: calls.append(logits.shape) or original(logits, iters)
+    try:
+        out = model(batch())
+    finally:
+        mhc_module.sinkhorn = original
+    assert calls == [(len(layers), 4, 4)]  # one batched projection for every layer
+    for layer in layers:
+        torch.testing.assert_close(layer.last_h_res, sinkhorn(layer.mhc.b_res, 10))
+    # gradients reach every layer's own logits through the shared projection
+    out.pow(2).mean().backward()
+    assert all(layer.mhc.b_res.grad.abs().max() > 0 for layer in layers)
+    # a deep copy (the weight average's) mixes with its own parameters, not the original's
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in mhc_layers(twin):
+            layer.mhc.b_res.zero_()
+    twin(batch())
+    assert all(torch.allclose(t.last_h_res, torch.full((4, 4), 0.25)) for t in mhc_layers(twin))
+    model(batch())
+    assert not torch.allclose(layers[0].last_h_res, torch.full((4, 4), 0.25))
 
 
 def test_parameter_counts():

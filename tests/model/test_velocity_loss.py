@@ -68,7 +68,7 @@ def test_warmup_schedule():
 def test_velocity_term_skips_control_to_control_sets():
     from stx.config import VelocityConfig
     from stx.data import keys
-    from stx.train.module import velocity_term
+    from stx.train.objective import velocity_term
 
     term = velocity_term(VelocityConfig(warmup_steps=0, reduce="set", mu=0.0), use_magnitude=False, control_index=0)
     ctrl = torch.zeros(2, 3, 2)

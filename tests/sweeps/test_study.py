@@ -34,12 +34,19 @@ def _children(client, parent_id):
 
 
 def test_small_study_nests_trials_and_sets_the_champion(tmp_path, monkeypatch, config):
+    import stx.preflight
+
+    loads = []
+    real_load = stx.preflight.load_cells
+    monkeypatch.setattr(stx.preflight, "load_cells", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     result = _sweep(tmp_path, monkeypatch, config, "--n-trials", "3", "--study", "s1", "--pruner", "none")
     assert result.exit_code == 0, result.output
     assert "Study 's1'" in result.output and "Champion: models:/stx-lora@champion" in result.output
     storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     study = optuna.load_study(study_name="s1", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert len(loads) == 1  # the data are loaded once for all three trials of the worker
+    assert all(t.user_attrs["wall_time_s"] > 0 for t in study.trials)  # what bench_sweep.py reads
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     parent = client.search_runs([client.get_experiment_by_name(tmp_path.name).experiment_id],
                                 "tags.`stx.kind` = 'sweep'")[0]

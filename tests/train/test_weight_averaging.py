@@ -13,8 +13,9 @@ from stx.data.load import load_cells
 from stx.data.split import make_split
 from stx.experiment import build_model
 from stx.tracking.buffer import MetricBuffer
-from stx.train.fit import SetSource, fit, make_loaders
+from stx.train.fit import fit
 from stx.train.module import STSystem
+from stx.train.sets import SetSource, make_loaders
 from stx.variants import resolve_variant
 
 
