@@ -259,7 +259,7 @@ def to_markdown(table: pd.DataFrame, diffs: pd.DataFrame, heldout: pd.DataFrame 
         lines.append(f"| {line['row']} | {runs} | {line['n_groups']} | "
                      + " | ".join(_cell(line, m) for m in metrics) + f" | {line['targets_met']} | "
                      f"{line.get('source', '')} |")
-    seeded = (table["kind"] == "variant") & (table["n_seeds"] >= 2) if "n_seeds" in table else table["kind"] == ""
+    seeded = (table["kind"] == "variant") & (table.get("n_seeds", 0) >= 2)
     if seeded.any():
         lines += ["", "## Spread across seeds (mean ± sd of each seed's mean over groups)", "",
                   "Training randomness alone; the references do not train, so they have none.", "",

@@ -110,14 +110,15 @@ def off_axis_cell_types(table: CellTable, trained: np.ndarray) -> list[tuple[str
     if n_days < 3:
         return []
     ctrl = table.pert == spec.control_index
+    group = table.group  # a property: computed once here, not per (perturbation, cell type, day)
     found = []
-    for p in sorted(set(np.unique(table.pert[trained & ~ctrl]).tolist())):
+    for p in np.unique(table.pert[trained & ~ctrl]).tolist():
         for ct in range(len(spec.cell_types)):
             shifts, noise = [], []
             for d in range(n_days):
                 g = ct * n_days + d
-                c = trained & ctrl & (table.group == table.control_group(g))
-                r = trained & (table.pert == p) & (table.group == g)
+                c = trained & ctrl & (group == table.control_group(g))
+                r = trained & (table.pert == p) & (group == g)
                 if c.sum() >= 2 and r.sum() >= 2:
                     shifts.append(table.emb[r].mean(0) - table.emb[c].mean(0))
                     noise.append(_mean_noise(table.emb[r]) + _mean_noise(table.emb[c]))

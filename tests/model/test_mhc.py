@@ -94,8 +94,10 @@ def test_identity_at_init(n, dynamic, projection):
     torch.testing.assert_close(model(batch()), before, atol=1e-5, rtol=0)
 
 
-def test_static_mixing_is_projected_once_per_forward_and_equals_each_layers_own():
+def test_static_mixing_is_projected_once_per_forward_and_equals_each_layers_own(monkeypatch):
     import copy
+
+    import stx.model.mhc as mhc_module
 
     model = tiny()
     layers = apply_mhc(model.transformer_backbone, MhcConfig(streams=4))
@@ -103,14 +105,9 @@ def test_static_mixing_is_projected_once_per_forward_and_equals_each_layers_own(
         for layer in layers:
             layer.mhc.b_res.add_(torch.randn(4, 4))
     calls = []
-    import stx.model.mhc as mhc_module
-
-    original = mhc_module.sinkhorn
-    mhc_module.sinkhorn = lambda logits, iters: calls.append(logits.shape) or original(logits, iters)
-    try:
-        out = model(batch())
-    finally:
-        mhc_module.sinkhorn = original
+    monkeypatch.setattr(mhc_module, "sinkhorn", lambda logits, iters: calls.append(logits.shape) or sinkhorn(logits, iters))
+    out = model(batch())
+    monkeypatch.undo()
     assert calls == [(len(layers), 4, 4)]  # one batched projection for every layer
     for layer in layers:
         torch.testing.assert_close(layer.last_h_res, sinkhorn(layer.mhc.b_res, 10))
