@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,10 +147,23 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     assert not (workdir / "pred2.h5ad").exists()
 
 
-def test_registered_model_serves_over_rest(lora_run, workdir, tmp_path):
-    """`mlflow models serve` on a registered version answers /invocations like the pyfunc, in an
-    environment whose own `stx` refuses to be imported: the model serves from the code it
-    carries, and its requirements do not name stx (stx-perturb is on no package index)."""
+def _pyenv_python() -> str | None:
+    """Why MLflow's virtualenv manager cannot build this interpreter's Python here, or None."""
+    import platform
+
+    if shutil.which("pyenv") is None:
+        return "pyenv is not on PATH (MLflow's virtualenv env manager builds the model's Python with it)"
+    versions = subprocess.run(["pyenv", "versions", "--bare"], capture_output=True, text=True).stdout.split()
+    if platform.python_version() not in versions:
+        return f"pyenv has no Python {platform.python_version()} (building it would need the network)"
+    return None
+
+
+def test_registered_model_serves_over_rest_from_a_clean_environment(lora_run, workdir, tmp_path):
+    """`mlflow models serve --env-manager virtualenv` on a registered version: MLflow builds a
+    fresh virtualenv (no site packages, no stx) from the model's own python_env.yaml and
+    requirements.txt, installs them from the package index, and serves the code the model
+    carries; the REST answer equals the in-process pyfunc. Minutes: it installs torch."""
     import json
     import time
     import urllib.request
@@ -157,19 +172,20 @@ def test_registered_model_serves_over_rest(lora_run, workdir, tmp_path):
     import pandas as pd
 
     from tests.services import free_port, stop
-    from tests.tracking.test_serve import poisoned_venv, venv_env
 
+    if reason := _pyenv_python():
+        pytest.skip(reason)
     _, client, run = lora_run
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
     requirements = client.download_artifacts(run.info.run_id, "model/requirements.txt", str(tmp_path))
     assert not [r for r in open(requirements).read().split() if r.lower().startswith("stx")]
-    python = poisoned_venv(tmp_path / "venv")
     port = free_port()
-    env = venv_env(tmp_path / "venv", MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri, MLFLOW_ENV_ROOT=str(tmp_path / "envs"))
     with open(tmp_path / "serve.log", "w") as log:
-        # from tmp_path: neither the cwd (python -m, uvicorn's app dir) nor PYTHONPATH may offer stx
-        proc = subprocess.Popen([str(python), "-m", "mlflow", "models", "serve", "-m", "models:/stx-lora/1", "-p",
-                                 str(port), "-h", "127.0.0.1", "--env-manager", "local"], env=env, cwd=tmp_path,
+        # from tmp_path: the fresh environment must not find stx in its working directory
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/stx-lora/1", "-p",
+                                 str(port), "-h", "127.0.0.1", "--env-manager", "virtualenv"], env=env, cwd=tmp_path,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     frame = pd.DataFrame(np.random.default_rng(1).normal(size=(6, 64)).astype(np.float32),
                          columns=[f"X_state_{i}" for i in range(64)])
@@ -177,7 +193,7 @@ def test_registered_model_serves_over_rest(lora_run, workdir, tmp_path):
     frame["day"] = ["10", "14", "19"] * 2
     body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 900
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
@@ -189,8 +205,13 @@ def test_registered_model_serves_over_rest(lora_run, workdir, tmp_path):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        [fresh] = (tmp_path / "envs").glob("mlflow-*")
+        isolated = subprocess.run([str(fresh / "bin" / "python"), "-c", "import stx"], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True)
+        assert isolated.returncode != 0 and "No module named 'stx'" in isolated.stderr
     finally:
         stop(proc)
+        shutil.rmtree(tmp_path / "envs", ignore_errors=True)  # 1.5 GB, mostly torch
     served = pd.DataFrame(answer["predictions"]).to_numpy(float)
     assert served.shape == (6, 64)
     mlflow.set_tracking_uri(uri)

@@ -21,8 +21,6 @@ sets exactly as `stx predict` forms them (`stx.evaluate.inference.predict_frame`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +112,14 @@ SERVED_MODULES = ("__init__.py", "errors.py", "config.py",
 
 
 def requirements() -> list[str]:
-    """What serving the model installs: `SERVING_DEPENDENCIES` pinned to the installed versions
-    (without a local tag: `torch==2.13.0`, not `2.13.0+cpu`). Not stx itself: the model carries
-    its code, and `stx-perturb` is on no package index (`stx` there is another project)."""
+    """What serving the model installs: MLflow's scoring server (`mlflow-skinny`: the `mlflow`
+    command, pyfunc and its REST server, without the tracking server, UI and SQL store) and
+    `SERVING_DEPENDENCIES`, pinned to the installed versions (without a local tag:
+    `torch==2.13.0`, not `2.13.0+cpu`). Not stx itself: the model carries its code, and
+    `stx-perturb` is on no package index (`stx` there is another project)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_DEPENDENCIES]
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("mlflow-skinny", *SERVING_DEPENDENCIES)]
 
 
 def code_copy(dest: Path) -> Path:
@@ -136,16 +136,33 @@ def code_copy(dest: Path) -> Path:
     return dest / "stx"
 
 
-def _outside_fluent_run(log: Callable[[], Any]) -> Any:
-    """Call `log` where no fluent run is active: MLflow links a model logged inside an active
-    run to that run and then re-reads the history of every metric of the run (one request per
-    metric). MLflow keeps the active run per thread, so a caller's own run stays untouched."""
-    import mlflow
+def _save_and_upload(client: Any, model: Any, run_id: str, package: Path, loaded: InferencePackage) -> None:
+    """Write the pyfunc into a temporary folder and upload it as logged model `model`'s artifacts.
 
-    if mlflow.active_run() is None:
-        return log()
-    with ThreadPoolExecutor(1, thread_name_prefix="stx-log-model") as pool:
-        return pool.submit(log).result()
+    `mlflow.pyfunc.log_model` would do the same, but it records the run in `MLmodel` only when
+    it is also told to link the model to the run, and linking re-reads the history of every
+    metric of the run (one request per metric). Saving it ourselves keeps `run_id` in `MLmodel`
+    and reads nothing. The model is marked READY once its files are there, FAILED otherwise."""
+    import tempfile
+
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="stx-model-") as tmp:
+            code = code_copy(Path(tmp) / "code")
+            local = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                str(local), loader_module="stx.tracking.pyfunc", data_path=str(package), code_paths=[str(code)],
+                pip_requirements=requirements(), signature=signature(loaded), input_example=input_example(loaded),
+                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                                   model_id=model.model_id))
+            client.log_model_artifacts(model.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | None = None,
@@ -154,14 +171,12 @@ def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | 
     and a description; returns the new version.
 
     The logged model is created for the run (`source_run_id`, the run's params), filled by
-    `mlflow.pyfunc.log_model(model_id=...)` outside any fluent run, linked to the run as its
-    output (what the run page lists), given the run's step-0 summaries as its metrics, and
-    registered from `models:/<model_id>` (the version's run is the model's source run). Inside
-    an active run MLflow would instead read the history of every metric of the run to find
-    the values at step 0: about 80 requests per run, ~50 s against an authenticated server.
+    `_save_and_upload` (its `MLmodel` names the run), linked to the run as its output (what the
+    run page lists), given the run's step-0 summaries as its metrics, and registered from
+    `models:/<model_id>` (the version's run is the model's source run). MLflow's own
+    `log_model` inside the run would instead read the history of every metric of the run to
+    find the values at step 0: about 80 requests per run, ~50 s against an authenticated server.
     """
-    import tempfile
-
     import mlflow
     from mlflow.entities import LoggedModelOutput, Metric
 
@@ -169,12 +184,8 @@ def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | 
     record = run.client.get_run(run.run_id)
     model = mlflow.initialize_logged_model(name="model", source_run_id=run.run_id, experiment_id=run.experiment_id,
                                            params=record.data.params)
-    with tempfile.TemporaryDirectory(prefix="stx-model-code-") as tmp:
-        code = code_copy(Path(tmp))
-        info = _outside_fluent_run(lambda: mlflow.pyfunc.log_model(
-            name="model", model_id=model.model_id, loader_module="stx.tracking.pyfunc", data_path=str(package),
-            code_paths=[str(code)], pip_requirements=requirements(), signature=signature(loaded),
-            input_example=input_example(loaded)))
+    _save_and_upload(run.client, model, run.run_id, package, loaded)
+    model_uri = f"models:/{model.model_id}"
     run.client.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
     # the run's summaries (latest value at step 0: eval/*, ref/*) become the model's metrics too,
     # as MLflow would copy them, from the run already read rather than from every history
@@ -182,12 +193,12 @@ def log_and_register(run: Any, package: Path, name: str, tags: dict[str, str] | 
                  for m in map(Metric.from_proto, record.data.to_proto().metrics) if m.step == 0]
     if summaries:
         run.client.log_batch(run.run_id, metrics=summaries)
-    version = str(mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
+    version = str(mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
                                         ).version)
     from stx.tracking.registry import describe_version
 
     describe_version(run.client, name, version, {}, description)
-    run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": info.model_uri})
+    run.set_tags({"stx.registered_model": f"models:/{name}/{version}", "stx.model_uri": model_uri})
     return version
 
 
