@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stx import __version__
-from stx.config import Config, flatten, to_toml
+from stx.config import Config, to_toml
 from stx.data.covariates import CovariatePlan
 from stx.data.load import CellTable, file_sha256
 from stx.data.split import Split
@@ -152,7 +152,7 @@ def run_experiment(cfg: Config, variant_name: str, tracking_uri: str, experiment
         "stx.data_sha256": _data_digest(table),
         "stx.config": cfg.source,
         "stx.split": prep.split.mode,
-        "stx.config_digest": config_digest(cfg),
+        "stx.config_digest": config_digest(cfg, variant),
         "stx.steps": str(cfg.trainer.max_steps if variant.train else 0),
     }
     where = Path(cfg.source).parent if not cfg.source.startswith("<") else Path.cwd()
@@ -408,7 +408,9 @@ def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_re
     run.log_artifact(eval_dir / "metrics_by_group.csv", "eval")
     pred_dir = out_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
-    provenance = {"run_id": run.run_id, "variant": variant.name, "stx_version": __version__}
+    # the model this run logs (registered later, under stx.registered_model) loads by this URI
+    provenance = {"run_id": run.run_id, "model_uri": f"runs:/{run.run_id}/model" if cfg.tracking.register_model
+                  else "", "variant": variant.name, "stx_version": __version__}
     write_h5ad_atomic(predictions_anndata(table, result.predictions, cfg.data, provenance),
                       pred_dir / "predictions.h5ad")
     run.log_artifact(pred_dir / "predictions.h5ad", "predictions")
@@ -449,7 +451,7 @@ def _package(cfg: Config, variant: Variant, prep: Prepared, out_dir: Path) -> Pa
         "control_pert": cfg.data.control_pert, "cell_type_key": cfg.data.cell_type_key,
         "batch_col": cfg.data.batch_col, "time_col": cfg.data.time_col, "stx_version": __version__,
         "covariate_columns": list(prep.plan.names), "time_input": prep.plan.time,
-        "cell_types": list(spec.cell_types), "days": list(spec.days), "config_digest": config_digest(cfg),
+        "cell_types": list(spec.cell_types), "days": list(spec.days), "config_digest": config_digest(cfg, variant),
         "control_time": cfg.data.control_time, "steps": cfg.trainer.max_steps if variant.train else 0,
         "data_sha256": _data_digest(prep.table), "data_files": [f.name for f in prep.table.files],
         "mhc": cfg.model.mhc.model_dump() if variant.mhc else None,
@@ -490,12 +492,16 @@ def set_len(cfg: Config, variant: Variant, model: torch.nn.Module) -> int:
     return cfg.trainer.cell_set_len if variant.train else int(model.spec.cell_set_len)
 
 
-def config_digest(cfg: Config) -> str:
-    """12 hex digits naming the settings that change what a run learns (not its seed or where
-    it logs): runs of one configuration share it, so comparisons can pool their seeds."""
+def config_digest(cfg: Config, variant: Variant) -> str:
+    """12 hex digits naming the settings that change what a run of `variant` learns (its active
+    params: not its seed, where it logs, or the sections it does not use, so two baselines that
+    differ only in model.lora.r share it): runs of one configuration share it, so comparisons
+    can pool their seeds."""
     import hashlib
     import json
 
-    flat = {k: v for k, v in flatten(cfg).items()
-            if not k.startswith(("tracking.", "sweep.")) and k not in ("trainer.seed", "trainer.devices")}
+    from stx.tracking.lineage import active_params
+
+    flat = {k: v for k, v in active_params(cfg, variant).items()
+            if not k.startswith("tracking.") and k not in ("trainer.seed", "trainer.devices")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]

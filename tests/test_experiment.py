@@ -102,6 +102,10 @@ def test_predictions_artifact_layout(lora_run, workdir, demo_adata):
     local = client.download_artifacts(run.info.run_id, "predictions/predictions.h5ad", str(workdir))
     pred = ad.read_h5ad(local)
     assert pred.obsm["X_state"].shape[1] == 64
+    # one var per embedding dimension, named; provenance names the run and the model it logged
+    assert pred.n_vars == 64 and list(pred.var_names[:2]) == ["X_state_0", "X_state_1"]
+    assert pred.uns["stx"]["run_id"] == run.info.run_id
+    assert pred.uns["stx"]["model_uri"] == f"runs:/{run.info.run_id}/model"
     assert {"source_cell", "cell_types_simple_short", "day", "mouse_id", "condition"} <= set(pred.obs)
     assert set(pred.obs["condition"]) == {"Burn"}
     source = demo_adata.obs.loc[pred.obs["source_cell"]]
@@ -138,6 +142,7 @@ def test_registered_model_predicts_through_pyfunc_and_cli(lora_run, workdir, dem
     assert list(pred.obs["source_cell"]) == list(controls.obs_names)
     np.testing.assert_allclose(pred.obsm["X_state"], out.to_numpy(), atol=1e-6)
     assert pred.uns["stx"]["model_uri"] == "models:/stx-lora/1" and pred.uns["stx"]["cell_set_len"] == 16
+    assert pred.uns["stx"]["run_id"] == run.info.run_id and pred.n_vars == 64  # from the model's MLmodel
     result = CliRunner().invoke(cli, ["predict", "--model", "models:/stx-lora/1", "--data", str(demo_path),
                                       "--out", str(demo_path)])
     assert result.exit_code == 2 and "is the input file" in result.output

@@ -7,6 +7,7 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -146,9 +147,19 @@ def gather(client, experiment: str | None, runs: str, allow_mixed: bool,  # noqa
     return records
 
 
+# What a registered champion may have been trained with differently from its neighbours.
+UNLIKE: tuple[tuple[str, Callable[[RunRecord], object]], ...] = (
+    ("steps", lambda r: r.tags.get("stx.steps") or r.params.get("trainer.max_steps")),
+    ("trainer.lr", lambda r: r.params.get("trainer.lr")),
+    ("model.lora.r", lambda r: r.params.get("model.lora.r")),
+    ("model.velocity.lambda", lambda r: r.params.get("model.velocity.lambda")),
+    ("data", lambda r: r.data_sha256[:12] or None),
+)
+
+
 def _warn_unlike(records: list[RunRecord], runs: str) -> None:
     """Say when rows were trained differently: a variant split into one row per configuration,
-    or registry versions trained for different numbers of steps."""
+    or registry versions trained with different steps, learning rate, rank, lambda or data."""
     from stx.comparison.tables import config_of
 
     by_variant: dict[str, set[str]] = {}
@@ -158,17 +169,43 @@ def _warn_unlike(records: list[RunRecord], runs: str) -> None:
     if split:
         log.warning("runs of %s were trained with different configurations: each configuration is its own row "
                     "(named with its steps and config digest), never pooled", ", ".join(split))
-    steps = {r.variant: r.tags.get("stx.steps") for r in records if r.variant != "baseline" and r.tags.get("stx.steps")}
-    if runs == "registry" and len(set(steps.values())) > 1:
-        shown = ", ".join(f"{v} {s}" for v, s in sorted(steps.items()))
-        log.warning("the registered versions compared were trained for different numbers of steps (%s): a "
-                    "champion from a short sweep trial is not comparable with full runs", shown)
+    if runs != "registry":
+        return
+    trained = [r for r in records if r.variant != "baseline"]
+    unlike = []
+    for label, value in UNLIKE:
+        seen = {r.variant: str(v) for r in trained if (v := value(r)) not in (None, "")}
+        if len(set(seen.values())) > 1:
+            unlike.append(f"{label} (" + ", ".join(f"{v} {x}" for v, x in sorted(seen.items())) + ")")
+    if unlike:
+        log.warning("the registered versions compared were trained differently: %s; a champion from a short "
+                    "sweep trial is not comparable with full runs", "; ".join(unlike))
 
 
-def default_out(experiment: str | None, runs: str) -> Path:
-    """`results/<experiment>-<mode>`: a registry compare never overwrites an all-runs one."""
+def default_out(experiment: str | None, runs: str, trials: bool = False) -> Path:
+    """`results/<experiment>-<mode>[-trials]`: a registry compare never overwrites an all-runs
+    one, nor a compare with sweep trials one without."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment or "all-experiments")
-    return Path("results") / f"{name}-{runs}"
+    return Path("results") / f"{name}-{runs}{'-trials' if trials else ''}"
+
+
+# Every file a compare may write: a new compare removes the old ones it did not write again
+# (cells_umap.png after a --projection pca compare), and nothing else in the folder.
+OUTPUTS = ("comparison.md", "comparison.csv", "differences.csv", "metrics_by_group.csv", "loss_curves.png",
+           "grad_norm_curves.png", "metric_bars.png", "energy_ratio_heatmap.png", "cells_umap.png", "cells_pca.png",
+           "trajectories.png")
+
+
+def publish(stage: Path, out: Path) -> Path:
+    """Move a complete comparison from `stage` into `out`, replacing the previous one's files."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for path in sorted(stage.iterdir()):
+        shutil.move(str(path), out / path.name)
+    return out
 
 
 def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | None = None, runs: str = "registry",
@@ -180,10 +217,11 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
     start = time.perf_counter()
     client = connect(tracking_uri)
     records = gather(client, experiment, runs, allow_mixed, trials)
-    out_dir = out_dir or default_out(experiment, runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir or default_out(experiment, runs, trials)
     with tempfile.TemporaryDirectory() as tmp, _one_blas_thread():
         tmp_dir = Path(tmp)
+        final, out_dir = out_dir, tmp_dir / "out"  # written here, published when complete
+        out_dir.mkdir()
         by_run = group_tables(records, tmp_dir)
         rows = build_rows(records, by_run)
         table, diffs = comparison_table(rows), differences(rows)
@@ -201,6 +239,7 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
         pd.concat([r.groups.assign(row=r.name) for r in rows], ignore_index=True).to_csv(
             out_dir / "metrics_by_group.csv", index=False)
         _figures(client, rows, table, tmp_dir, out_dir, projection)
+        out_dir = publish(out_dir, final)
     run_id = _log_compare_run(client, records, out_dir, experiment) if log_run else None
     return CompareResult(out_dir, table, diffs, summary_lines(table, diffs), run_id, len(records),
                          time.perf_counter() - start, tracking_uri)

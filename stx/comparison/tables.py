@@ -73,24 +73,31 @@ def _seed(record: RunRecord) -> int:
 
 
 def config_of(record: RunRecord) -> str:
-    """The run's configuration digest (runs made before stx recorded one: their steps and lr)."""
-    return record.tags.get("stx.config_digest") or \
+    """The run's configuration digest (runs made before stx recorded one: their steps and lr)
+    and its data's: runs of one config on different data (--allow-mixed) are never one row."""
+    config = record.tags.get("stx.config_digest") or \
         f"{record.params.get('trainer.max_steps', '?')} steps, lr {record.params.get('trainer.lr', '?')}"
+    return f"{config}, data {record.data_sha256[:8]}" if record.data_sha256 else config
 
 
 def row_keys(records: list[RunRecord]) -> dict[str, tuple[str, str]]:
-    """run id -> (row name, config): a variant's runs of one configuration share a row (their
-    seeds pooled); a variant with several configurations gets one row per configuration,
-    named with its steps and digest, never one pooled row."""
+    """run id -> (row name, config): a variant's runs of one configuration on one data set
+    share a row (their seeds pooled); a variant with several gets one row per configuration and
+    data set, named with its steps, config digest and (when they differ) data digest, never one
+    pooled row."""
     configs: dict[str, set[str]] = {}
+    datasets: dict[str, set[str]] = {}
     for record in records:
         configs.setdefault(record.variant, set()).add(config_of(record))
+        datasets.setdefault(record.variant, set()).add(record.data_sha256)
     keys = {}
     for record in records:
         name = record.variant
         if len(configs[name]) > 1:
             steps = record.tags.get("stx.steps") or record.params.get("trainer.max_steps", "?")
-            name = f"{name} [{steps} steps, {config_of(record)[:6]}]"
+            digest = record.tags.get("stx.config_digest") or config_of(record)
+            data = f", data {record.data_sha256[:6]}" if len(datasets[name]) > 1 else ""
+            name = f"{name} [{steps} steps, {digest[:6]}{data}]"
         keys[record.run_id] = (name, config_of(record))
     return keys
 

@@ -149,6 +149,16 @@ def read_obs(handle: h5py.File, path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read obs ({err.__class__.__name__}: {err})") from None
 
 
+def read_var_names(handle: h5py.File, path: Path) -> list[str]:
+    """The var names (index of var) of an open `.h5ad`."""
+    from anndata.io import read_elem
+
+    try:
+        return [str(v) for v in read_elem(handle["var"]).index]
+    except Exception as err:  # a damaged file can fail anywhere inside anndata
+        raise DataError(f"{path}: cannot read var ({err.__class__.__name__}: {err})") from None
+
+
 def read_matrix(handle: h5py.File, path: Path, key: str) -> np.ndarray:
     """`X` or `obsm[key]` of an open `.h5ad` as dense float32 [N, D]."""
     from anndata.io import read_elem

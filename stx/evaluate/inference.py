@@ -14,13 +14,18 @@ from the artifact store runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from stx.errors import StxError
 from stx.model.package import InferencePackage, load_package
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -58,8 +63,24 @@ def load_model_uri(uri: str, tracking_uri: str) -> InferencePackage:
             raise StxError(f"--model {uri}: cannot load it from {tracking_uri} ({err.__class__.__name__}: "
                            f"{str(err).splitlines()[0][:200]})") from None
         package = load_package(package_dir(where))
+        run_id = uri.split("/")[1] if uri.startswith("runs:/") else _mlmodel_run_id(where / "MLmodel")
     package.meta["model_uri"] = uri
+    if run_id:
+        package.meta["run_id"] = run_id
     return package
+
+
+def _mlmodel_run_id(path: Path) -> str | None:
+    """The training run an MLflow model names in its `MLmodel` (yaml, read safely), if any."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    try:
+        found = (yaml.safe_load(path.read_text()) or {}).get("run_id")
+    except yaml.YAMLError:
+        return None
+    return str(found) if found else None
 
 
 def predict_frame(package: InferencePackage, emb: np.ndarray, obs: pd.DataFrame,
@@ -88,6 +109,20 @@ def predict_frame(package: InferencePackage, emb: np.ndarray, obs: pd.DataFrame,
     return out
 
 
+def embedding_anndata(emb: np.ndarray, obs: pd.DataFrame, key: str, var_names: Sequence[str] | None = None
+                      ) -> ad.AnnData:
+    """Predicted embeddings where the input had them (`X`, or `obsm[key]` with no X), with one
+    var per embedding dimension: `var_names` (the input's, for `X`) or `<key>_0 .. <key>_<D-1>`,
+    so `n_vars` is the embedding's width and its dimensions keep their names."""
+    import anndata as ad
+
+    var = pd.DataFrame(index=pd.Index([str(v) for v in var_names] if var_names is not None
+                                      else [f"{key}_{i}" for i in range(emb.shape[1])]))
+    if key == "X":
+        return ad.AnnData(X=emb, obs=obs, var=var)
+    return ad.AnnData(obs=obs, var=var, obsm={key: emb})
+
+
 def predict_file(package: InferencePackage, data_path: Path, out: Path, condition: str | None = None,
                  time: str | None = None) -> int:
     """Predict every control cell of `data_path` under each target condition; write `out`.
@@ -97,11 +132,9 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
     model. Each cell is predicted at its own time point, at `time` if given, or, for a model
     trained with data.control_time, at every later time point it was trained on.
     """
-    import anndata as ad
-
     from stx import __version__
     from stx.data.builtin import write_h5ad_atomic
-    from stx.data.load import _labels, open_h5ad, read_matrix, read_obs
+    from stx.data.load import _labels, open_h5ad, read_matrix, read_obs, read_var_names
 
     if out.resolve() == data_path.resolve():
         raise StxError(f"--out {out} is the input file: predictions would replace the data; choose another path")
@@ -109,6 +142,7 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
     with open_h5ad(data_path) as handle:
         obs = read_obs(handle, data_path)
         emb = read_matrix(handle, data_path, meta["embed_key"])
+        var_names = read_var_names(handle, data_path) if meta["embed_key"] == "X" else None
     pert_col, control = meta["pert_col"], meta["control_pert"]
     is_control = (_labels(obs[pert_col]) == control) if pert_col in obs else np.ones(len(obs), bool)
     if not is_control.any():
@@ -136,9 +170,10 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
     frame[pert_col] = pd.Categorical(labels)
     frame.index = [f"pred{i}" for i in range(len(frame))]
     key = meta["embed_key"]
-    adata = ad.AnnData(X=preds, obs=frame) if key == "X" else ad.AnnData(obs=frame, obsm={key: preds})
+    adata = embedding_anndata(preds, frame, key, var_names)
     adata.uns["stx"] = {"model_variant": str(meta.get("variant")), "control": control,
-                        "model_uri": str(meta.get("model_uri", "")), "stx_version": __version__,
+                        "model_uri": str(meta.get("model_uri", "")), "run_id": str(meta.get("run_id", "")),
+                        "stx_version": __version__,
                         "trained_with": str(meta.get("stx_version", "")),
                         "config_digest": str(meta.get("config_digest", "")),
                         "cell_set_len": int(meta["cell_set_len"])}

@@ -13,6 +13,7 @@ from stx.config import DataConfig
 from stx.data.load import CellTable
 from stx.evaluate import metrics
 from stx.evaluate.design import Task, TestDesign
+from stx.evaluate.inference import embedding_anndata
 from stx.evaluate.metrics import (
     ALL_METRICS,
     TARGETS,
@@ -134,10 +135,7 @@ def predictions_anndata(table: CellTable, preds: Predictions, dcfg: DataConfig,
     if dcfg.batch_col:
         obs[dcfg.batch_col] = pd.Categorical(np.asarray(spec.batches)[table.batch[preds.source]])
     obs.index = [f"pred{i}" for i in range(preds.n)]
-    dims = pd.DataFrame(index=[f"{spec.embed_key}_{i}" for i in range(spec.embed_dim)])
-    if spec.embed_key == "X":
-        adata = ad.AnnData(X=preds.emb, obs=obs, var=dims)
-    else:
-        adata = ad.AnnData(obs=obs, obsm={spec.embed_key: preds.emb})
+    adata = embedding_anndata(preds.emb, obs, spec.embed_key)
     adata.uns["stx"] = {"control": spec.control, "embed_key": spec.embed_key, **(provenance or {})}
     return adata
+

@@ -231,8 +231,10 @@ def run_sweep(req: SweepRequest) -> SweepSummary:
     """Create (or resume) the study, run the workers under a parent MLflow run, summarise."""
     import optuna
 
-    from stx.config import flatten, load_config
+    from stx.config import load_config
+    from stx.tracking.lineage import active_params
     from stx.tracking.run import tracked_run
+    from stx.variants import resolve_variant
 
     start = time.perf_counter()
     cfg = load_config(req.config_path, req.overrides)
@@ -256,7 +258,8 @@ def run_sweep(req: SweepRequest) -> SweepSummary:
     params = {"sweep.variant": req.variant, "sweep.n_trials": str(req.n_trials), "sweep.sampler": req.sampler,
               "sweep.pruner": req.pruner, "sweep.workers": str(req.workers), "sweep.objective": cfg.sweep.objective,
               "sweep.direction": study.direction.name.lower(),
-              **{f"config.{k}": v for k, v in flatten(cfg).items()}}
+              **{f"config.{k}": v for k, v in active_params(cfg, resolve_variant(req.variant)).items()
+                 if not k.startswith("tracking.")}}
     with tracked_run(req.tracking_uri, req.experiment, f"sweep-{study_name}", tags, params) as parent:
         if req.workers <= 1:
             _worker(req, parent.run_id, storage_url, cfg.trainer.seed)
@@ -284,13 +287,19 @@ def _register_best(req: SweepRequest, run_id: str) -> str | None:
     from stx.tracking.run import tracked_run
     from stx.variants import resolve_variant
 
-    run = MlflowClient(req.tracking_uri).get_run(run_id)
+    client = MlflowClient(req.tracking_uri, registry_uri=req.tracking_uri)
+    run = client.get_run(run_id)
+    # a second worker (or a rejoined sweep) that finds the same best trial reuses its version
+    model = f"stx-{resolve_variant(req.variant).name}"
+    existing = client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
+    if existing:
+        return str(max(int(v.version) for v in existing))
     package = Path(run.data.tags.get("stx.output_dir", "")) / "model_package"
     if not (package / "model.json").is_file():
         log.warning("the best trial's model package %s is not on this machine (the trial ran elsewhere): register it "
                     "there with stx.experiment.register, or rerun the trial's config with stx run", package)
         return None
-    name = MlflowClient(req.tracking_uri).get_experiment(run.info.experiment_id).name
+    name = client.get_experiment(run.info.experiment_id).name
     with tracked_run(req.tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run_id) as handle:
         return register(package, handle, resolve_variant(req.variant))
 

@@ -189,3 +189,13 @@ def test_bootstrap_equals_the_three_operand_sum():
     low, high = np.percentile(total / count, [2.5, 97.5])
     assert est.low == pytest.approx(low, rel=1e-12) and est.high == pytest.approx(high, rel=1e-12)
     assert bootstrap(m) == est  # the counts are shared, never consumed
+
+
+def test_one_config_on_two_data_sets_is_two_rows():
+    """--allow-mixed lets runs of one config on different data into one compare, never one row."""
+    tags = {"stx.config_digest": "aaaaaaaaaaaa", "stx.steps": "600"}
+    records = [RunRecord("a", "lora", "1", "d1" * 8, {}, {"trainer.seed": 0}, tags, ""),
+               RunRecord("b", "lora", "1", "d2" * 8, {}, {"trainer.seed": 1}, tags, "")]
+    rows = build_rows(records, {r: _frame([0.3] * 6) for r in "ab"})
+    assert sorted(r.name for r in rows) == ["lora [600 steps, aaaaaa, data d1d1d1]",
+                                            "lora [600 steps, aaaaaa, data d2d2d2]"]

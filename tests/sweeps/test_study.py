@@ -59,6 +59,12 @@ def test_small_study_nests_trials_and_sets_the_champion(tmp_path, monkeypatch, c
     assert {"sweep/trials.csv", "sweep/optimization_history.png"} <= artifacts
     champion = client.get_model_version_by_alias("stx-lora", "champion")
     assert champion.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    # another worker that ends with the same best trial reuses its version, registers none
+    from stx.sweeps.study import SweepRequest, _register_best
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert _register_best(SweepRequest("lora", 3, tracking_uri=uri), champion.run_id) == str(champion.version)
+    assert len(client.search_model_versions("name = 'stx-lora'")) == 1
     # a second sweep with the same name joins the study (a worker on another machine does the same);
     # --new refuses to
     again = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--new")
@@ -66,6 +72,8 @@ def test_small_study_nests_trials_and_sets_the_champion(tmp_path, monkeypatch, c
     resumed = _sweep(tmp_path, monkeypatch, config, "--n-trials", "4", "--study", "s1", "--pruner", "none")
     assert resumed.exit_code == 0, resumed.output
     assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 4
+    versions = client.search_model_versions("name = 'stx-lora'")
+    assert len({v.run_id for v in versions}) == len(versions)  # never two versions of one trial
 
 
 def test_pruned_and_failed_trials_in_optuna_and_mlflow(tmp_path, monkeypatch, config):
