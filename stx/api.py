@@ -23,6 +23,7 @@ from stx.errors import StxError
 if TYPE_CHECKING:
     from stx.comparison.report import CompareResult
     from stx.config import Config
+    from stx.evaluate.inference import PredictResult
     from stx.experiment import RunSummary
     from stx.sweeps.study import SweepSummary
 
@@ -161,8 +162,8 @@ def sweep(variant: str, n_trials: int, config: str | Path | None = None, overrid
 
 
 def predict(model: str, data: str | Path, out: str | Path, condition: str | None = None, time: str | None = None,
-            *, tracking_uri: str | None = None) -> Path:
-    """Predict the perturbed state of every control cell of `data` (`stx predict`); returns `out`."""
+            *, tracking_uri: str | None = None) -> PredictResult:
+    """Predict the perturbed state of every control cell of `data` (`stx predict`) into `out`."""
     from stx.evaluate.inference import load_model_uri, predict_file
     from stx.tracking.store import resolve_tracking_uri
 
@@ -170,5 +171,4 @@ def predict(model: str, data: str | Path, out: str | Path, condition: str | None
     if out.suffix != ".h5ad":
         raise StxError(f"{out}: the output file must end in .h5ad")
     package = load_model_uri(str(model), resolve_tracking_uri(tracking_uri))
-    predict_file(package, Path(data), out, condition, time)
-    return out
+    return predict_file(package, Path(data), out, condition, time)

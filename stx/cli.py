@@ -255,17 +255,14 @@ def _compare_paragraph(result, uri: str) -> str:  # noqa: ANN001
 def predict(model_uri: str, data_path: Path, out: Path, condition: str | None, time: str | None,
             tracking_uri: str | None) -> None:
     """Predict perturbed cells from the control cells of an .h5ad."""
-    import anndata as ad
-
     from stx import api
 
-    api.predict(model_uri, data_path, out, condition, time, tracking_uri=tracking_uri)
-    written = ad.read_h5ad(out, backed="r")
-    info = written.uns["stx"]
-    key = next(iter(written.obsm.keys()), "X")
-    click.echo(f"Wrote {out}: {written.n_obs} predicted cells from the control cells of {data_path} "
-               f"(model {model_uri}, variant {info['model_variant']}), in the input's order; embeddings in "
-               f"obsm['{key}'], source cell in obs['source_cell'].")
+    s = api.predict(model_uri, data_path, out, condition, time, tracking_uri=tracking_uri)
+    where = "X" if s.embed_key == "X" else f"obsm['{s.embed_key}']"
+    trained = f", trained in run {s.run_id}" if s.run_id else ""
+    click.echo(f"Wrote {s.path}: {s.n_cells} predicted cells from the control cells of {data_path} "
+               f"(model {model_uri}, variant {s.variant}{trained}), in the input's order; embeddings in "
+               f"{where}, source cell in obs['source_cell'].")
 
 
 # ---------------------------------------------------------------- velocity

@@ -154,3 +154,10 @@ def test_docs_list_every_key_with_its_default():
     text = (REPO / "docs/configuration.md").read_text()
     missing = [row for row in keys_markdown() if row not in text]
     assert missing == [], "regenerate the table in docs/configuration.md from stx.config.keys_markdown()"
+
+
+def test_sweeps_optimise_the_energy_term_alone_by_default():
+    """val/loss includes the velocity term (scaled by the lambda a sweep searches); the default
+    objective must be comparable across lambdas and variants."""
+    cfg = load_config(None)
+    assert cfg.sweep.objective == "val/energy_loss" and cfg.sweep.resolved_direction() == "minimize"

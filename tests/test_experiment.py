@@ -233,6 +233,7 @@ def test_baseline_evaluates_without_training(workdir, monkeypatch):
                              "tags.`stx.variant` = 'baseline'")[0]
     assert run.info.status == "FINISHED"
     assert "train/loss" not in run.data.metrics and "eval/energy_ratio" in run.data.metrics
+    assert "val/energy_loss" in run.data.metrics  # comparable with every trained variant's
     assert run.data.params["n_trainable_params"] == "0"
     assert set(ARTIFACTS) <= set(_artifacts(client, run.info.run_id))
 

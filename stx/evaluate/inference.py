@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,8 +124,21 @@ def embedding_anndata(emb: np.ndarray, obs: pd.DataFrame, key: str, var_names: S
     return ad.AnnData(obs=obs, var=var, obsm={key: emb})
 
 
+@dataclass(frozen=True)
+class PredictResult:
+    """What `stx predict` wrote (what it prints from)."""
+
+    path: Path
+    n_cells: int  # predicted cells: control cells x target conditions (x target times)
+    embed_key: str  # where the embeddings are: "X" or obsm[embed_key]
+    conditions: tuple[str, ...]
+    model_uri: str
+    run_id: str  # the training run ("" for a local model folder)
+    variant: str
+
+
 def predict_file(package: InferencePackage, data_path: Path, out: Path, condition: str | None = None,
-                 time: str | None = None) -> int:
+                 time: str | None = None) -> PredictResult:
     """Predict every control cell of `data_path` under each target condition; write `out`.
 
     Rows come out in the input's order of control cells, one block per target condition
@@ -178,4 +192,5 @@ def predict_file(package: InferencePackage, data_path: Path, out: Path, conditio
                         "config_digest": str(meta.get("config_digest", "")),
                         "cell_set_len": int(meta["cell_set_len"])}
     write_h5ad_atomic(adata, out)
-    return len(frame)
+    return PredictResult(out, len(frame), key, tuple(targets), adata.uns["stx"]["model_uri"],
+                         adata.uns["stx"]["run_id"], adata.uns["stx"]["model_variant"])

@@ -301,7 +301,30 @@ def _register_best(req: SweepRequest, run_id: str) -> str | None:
         return None
     name = client.get_experiment(run.info.experiment_id).name
     with tracked_run(req.tracking_uri, name, run.info.run_name, {}, {}, existing_run_id=run_id) as handle:
-        return register(package, handle, resolve_variant(req.variant))
+        version = register(package, handle, resolve_variant(req.variant))
+        if version is None:
+            return None
+        kept = _one_version_per_run(client, model, run_id, version)
+        if kept != version:
+            handle.set_tags({"stx.registered_model": f"models:/{model}/{kept}"})
+        return kept
+
+
+def _one_version_per_run(client, model: str, run_id: str, ours: str) -> str:  # noqa: ANN001
+    """Two workers that finish together can both find the same best trial unregistered and both
+    register it (the registry has no compare-and-set): the lower version stays, and the worker
+    that made the other deletes its own. Returns the version that stays."""
+    from mlflow.exceptions import MlflowException
+
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'"))
+    first = str(versions[0]) if versions else ours
+    if first != ours:
+        try:
+            client.delete_model_version(model, ours)
+        except MlflowException as err:
+            log.warning("version %s of %s registers the same trial as version %s and could not be deleted (%s); "
+                        "delete it in the MLflow UI", ours, model, first, str(err).splitlines()[0][:200])
+    return first
 
 
 def _summarise(study, req: SweepRequest, parent, storage_url: str, start: float) -> SweepSummary:  # noqa: ANN001

@@ -122,3 +122,54 @@ def test_two_workers_share_a_postgresql_study(tmp_path, monkeypatch, config):
     assert len(set(run_ids)) == 4  # no trial lost or run twice
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert {client.get_run(r).info.status for r in run_ids} == {"FINISHED"}
+
+
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL binaries (initdb, pg_ctl) not installed")
+def test_two_separate_sweep_commands_join_one_postgresql_study(tmp_path, config):
+    """What the compose file's worker replicas do: two `stx sweep --study team` processes, started
+    together, share the study (the second joins, neither refuses) and a PostgreSQL tracking store."""
+    import os
+    import subprocess
+    import sys
+
+    with postgresql() as optuna_url, postgresql() as mlflow_url:
+        MlflowClient(mlflow_url).search_experiments()  # the schema exists before two processes race for it
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": mlflow_url}
+        command = [sys.executable, "-m", "stx", "sweep", "--variant", "lora", "--config", str(config), *FAST,
+                   "--n-trials", "6", "--study", "team", "--storage", optuna_url, "--pruner", "none"]
+        workers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for _ in range(2)]
+        outputs = [w.communicate(timeout=900)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+        trials = optuna.load_study(study_name="team", storage=optuna_url).trials
+        client = MlflowClient(mlflow_url, registry_uri=mlflow_url)
+        experiment = client.get_experiment_by_name(tmp_path.name) or client.search_experiments()[-1]
+        parents = client.search_runs([experiment.experiment_id], "tags.`stx.kind` = 'sweep'")
+        versions = client.search_model_versions("name = 'stx-lora'")
+        statuses = {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in trials}
+        per_worker = [len(_children(client, p.info.run_id)) for p in parents]
+    # --n-trials is the study's total: the two workers share six trials between them
+    assert len(trials) == 6 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == 6 and statuses == {"FINISHED"}
+    assert len(parents) == 2 and {p.data.tags["stx.study"] for p in parents} == {"team"}
+    assert sum(per_worker) == 6 and min(per_worker) >= 1, per_worker
+    assert 1 <= len(versions) <= 2 and len({v.run_id for v in versions}) == len(versions), "\n".join(outputs)
+
+
+def test_a_trial_registered_twice_keeps_its_first_version(tmp_path):
+    """Two workers that finish together may both register the best trial: the one holding the
+    higher version deletes it."""
+    from stx.sweeps.study import _one_version_per_run
+    from stx.tracking import pyfunc
+    from stx.tracking.run import connect
+    from tests.tracking.test_serve import _experiment, _new_run, tiny_package
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = connect(uri)
+    run = _new_run(client, _experiment(client, uri, "race"), uri)
+    package = tiny_package(tmp_path / "package")
+    first, second = (pyfunc.log_and_register(run, package, "stx-tiny") for _ in range(2))
+    registry = MlflowClient(uri, registry_uri=uri)
+    assert _one_version_per_run(registry, "stx-tiny", run.run_id, first) == first  # the first worker keeps its own
+    assert _one_version_per_run(registry, "stx-tiny", run.run_id, second) == first
+    assert [v.version for v in registry.search_model_versions("name = 'stx-tiny'")] == [int(first)]
