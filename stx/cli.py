@@ -333,6 +333,7 @@ def sync(where: Path, tracking_uri: str | None) -> None:
 def ui(tracking_uri: str | None, host: str, port: int, experiment: str | None, workers: int | None) -> None:
     """Start the MLflow UI on the same store `stx run` writes to, opened on the training view."""
     from stx.tracking.store import mask_secrets, resolve_tracking_uri
+    from stx.tracking.views import ui_url
 
     uri = resolve_tracking_uri(tracking_uri)
     if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:", "/")):
@@ -347,26 +348,6 @@ def ui(tracking_uri: str | None, host: str, port: int, experiment: str | None, w
            "--workers", str(workers)]
     # become the server, so Ctrl-C and SIGTERM reach it directly
     os.execv(sys.executable, cmd)
-
-
-def ui_url(host: str, port: int, uri: str, experiment: str | None) -> str:
-    """The UI's address on an experiment's training view (MLflow 3 opens on its GenAI view)."""
-    where = "#/"
-    try:
-        from mlflow import MlflowClient
-
-        name = experiment or "stx-demo"
-        found = MlflowClient(uri).get_experiment_by_name(name)
-        if found is not None:
-            where = f"#/experiments/{found.experiment_id}"
-        elif experiment:
-            raise StxError(f"experiment '{experiment}' not found in this store")
-    except StxError:
-        raise
-    except Exception:  # the store may not exist yet: open the experiment list
-        pass
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{shown}:{port}/{where}?workflowType=machine_learning"
 
 
 # ---------------------------------------------------------------- data

@@ -195,8 +195,10 @@ def ensure_experiment(client: object, name: str, uri: str) -> str:
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
     try:
+        from stx.tracking.views import view_tags
+
         return client.create_experiment(name, artifact_location=_experiment_artifacts(uri, name),
-                                        tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION})
+                                        tags={"mlflow.note.content": EXPERIMENT_DESCRIPTION, **view_tags()})
     except MlflowException:
         found = client.get_experiment_by_name(name)  # another process created it meanwhile
         if found is None:

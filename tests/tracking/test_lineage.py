@@ -26,3 +26,23 @@ def test_the_config_digest_follows_only_what_the_variant_uses():
     reseeded = load_config(None, ["trainer.seed=7", "tracking.experiment=elsewhere"])
     assert config_digest(base, lora) == config_digest(reseeded, lora)  # seeds pool, where it logs is no setting
     assert config_digest(base, lora) != config_digest(load_config(None, ["trainer.lr=1e-3"]), lora)
+
+
+def test_experiments_carry_the_view_grouped_by_variant(tmp_path):
+    """The saved view `stx ui` opens (MLflow reads it from the experiment tag its URL names)."""
+    import json
+
+    from stx.tracking.run import connect, ensure_experiment
+    from stx.tracking.views import VIEW_KEY, VIEW_TAG, share_variant_view, ui_url
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = connect(uri)
+    created = client.get_experiment(ensure_experiment(client, "new", uri))
+    view = json.loads(created.tags[VIEW_TAG])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "stx.variant"}]
+    older = client.create_experiment("older")  # made before stx saved views
+    share_variant_view(client, older)
+    assert client.get_experiment(older).tags[VIEW_TAG] == created.tags[VIEW_TAG]
+    url = ui_url("0.0.0.0", 5000, uri, "new")
+    assert url.startswith(f"http://127.0.0.1:5000/#/experiments/{created.experiment_id}/runs?")
+    assert f"viewStateShareKey={VIEW_KEY}" in url and "compareRunsMode=CHART" in url

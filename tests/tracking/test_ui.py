@@ -11,7 +11,8 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from stx.cli import cli, ui_url
+from stx.cli import cli
+from stx.tracking.views import VIEW_KEY, ui_url
 from tests.services import free_port, mlflow_server_cmd, process, wait_http
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
@@ -29,14 +30,15 @@ FAST = ["--set", "trainer.max_steps=8", "--set", "trainer.val_every_n_steps=4", 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, demo_path):
-    """A store with a lora and a lora-mhc run of one experiment, served by `mlflow server`."""
+    """A store with two lora runs (seeds 0, 1) and a lora-mhc run of one experiment, served by
+    `mlflow server`; yields the URL `stx ui` prints."""
     work = tmp_path_factory.mktemp("ui")
     (work / "config.toml").write_text(f'[datasets]\ndemo = "{demo_path}"\n[data]\nembed_key = "X_state"\n'
                                       'time_col = "day"\nmin_group_cells = 3\n')
     uri = f"sqlite:///{work}/mlruns/mlflow.db"
-    for variant in ("lora", "lora-mhc"):
+    for variant, seed in (("lora", "0"), ("lora", "1"), ("lora-mhc", "0")):
         result = CliRunner().invoke(cli, ["run", "--variant", variant, "--config", str(work / "config.toml"), *FAST,
-                                          "--experiment", "ui-check", "--tracking-uri", uri])
+                                          "--seed", seed, "--experiment", "ui-check", "--tracking-uri", uri])
         assert result.exit_code == 0, result.output
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -53,34 +55,46 @@ def page():
         browser.close()
 
 
-def _open(page, url, view):
+def _open(page, url, view=None):
+    page.goto("about:blank")  # a full load: after a shared view, a hash-only change stays on the loading skeleton
     page.goto(url)
     page.get_by_text("matching runs").wait_for(timeout=60_000)
-    page.locator(f"label:has(input[name=runs-view-mode][value={view}])").click()
+    if view:
+        page.locator(f"label:has(input[name=runs-view-mode][value={view}])").click()
 
 
-def test_chart_view_draws_energy_ratio_as_bars_per_run(store, page):
-    _open(page, store, "CHART")
+def test_the_printed_url_opens_bar_charts_grouped_by_variant(store, page):
+    _open(page, store)  # as `stx ui` prints it: chart mode, the saved view grouped by stx.variant
     search = page.get_by_placeholder("Search metric charts")
     search.wait_for(timeout=60_000)
     search.fill("eval/energy_ratio")
     page.get_by_text("eval/energy_ratio", exact=True).wait_for(timeout=60_000)
-    # logged once per run at step 0, the UI draws it as a bar chart: one bar per run
-    # (the filter applies after the first render: until it does, every step-0 metric's chart shows)
+    # logged once per run at step 0, the UI draws it as bars; grouped, one bar per variant
+    # (two), not per run (three). The filter applies after the first render.
     bars = page.locator("g.trace.bars g.point")
     sync_api.expect(bars).to_have_count(2, timeout=60_000)
+    assert page.get_by_text("Group by: stx.variant").count() == 1
+
+
+def test_without_the_saved_view_bars_are_per_run(store, page):
+    _open(page, store.replace(f"viewStateShareKey={VIEW_KEY}&", ""), "CHART")
+    search = page.get_by_placeholder("Search metric charts")
+    search.fill("eval/energy_ratio")
+    sync_api.expect(page.locator("g.trace.bars g.point")).to_have_count(3, timeout=60_000)
     # the figures stx logs with log_image are in the chart view too
-    assert page.get_by_text("cells_pca", exact=True).count() >= 1
+    search.fill("cells_pca")
+    page.get_by_text("cells_pca", exact=True).first.wait_for(timeout=60_000)
 
 
 def test_runs_table_shows_each_runs_datasets(store, page):
-    _open(page, store, "TABLE")
+    _open(page, store.replace(f"viewStateShareKey={VIEW_KEY}&", ""), "TABLE")
     page.get_by_role("columnheader", name="Dataset", exact=True).first.wait_for(timeout=60_000)
     # lineage logs each split as "<dataset>: <context> (<n> cells)"
     cells = page.get_by_text("demo: train (", exact=False)
     cells.first.wait_for(timeout=60_000)
-    assert cells.count() == 2
+    assert cells.count() == 3
 
 
 def test_ui_url_points_at_the_training_view(store):
     assert "#/experiments/" in store and store.endswith("workflowType=machine_learning")
+    assert f"viewStateShareKey={VIEW_KEY}" in store and "compareRunsMode=CHART" in store
