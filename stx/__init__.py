@@ -13,7 +13,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 from stx.errors import StxError  # noqa: E402
 
-_API = ("run", "run_all", "resume", "compare", "sweep", "predict", "load")
+_API = ("run", "run_all", "resume", "abandon", "compare", "sweep", "predict", "load")
 __all__ = ["DISTRIBUTION", "StxError", "__version__", *_API]
 
 

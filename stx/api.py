@@ -129,6 +129,14 @@ def resume(run_id: str = "last", *, tracking_uri: str | None = None, experiment:
     return resume_experiment(run_id, resolve_tracking_uri(tracking_uri), devices, experiment)
 
 
+def abandon(run_id: str = "last", *, tracking_uri: str | None = None, experiment: str | None = None) -> str:
+    """End a run that cannot be resumed as KILLED (`stx run --abandon`); returns its id."""
+    from stx.experiment import abandon_run
+    from stx.tracking.store import resolve_tracking_uri
+
+    return abandon_run(run_id, resolve_tracking_uri(tracking_uri), experiment)
+
+
 def compare(experiment: str | None = None, runs: str = "registry", out: str | Path | None = None, *,
             tracking_uri: str | None = None, allow_mixed: bool = False, projection: str = "auto",
             log_run: bool = True, trials: bool = False) -> CompareResult:

@@ -113,10 +113,7 @@ def run(variant: str | None, config_path: Path | None, overrides: tuple[str, ...
     # SIGTERM (a scheduler's kill) ends the run KILLED, like Ctrl-C
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if abandon:
-        from stx.experiment import abandon_run
-        from stx.tracking.store import resolve_tracking_uri
-
-        run_id = abandon_run(abandon, resolve_tracking_uri(tracking_uri), experiment)
+        run_id = api.abandon(abandon, tracking_uri=tracking_uri, experiment=experiment)
         click.echo(f"Run {run_id} is now KILLED (tag stx.error says it was abandoned); start it again with stx run.")
         return
     if resume:

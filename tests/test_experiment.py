@@ -74,6 +74,11 @@ def test_lora_run_is_tracked_completely(lora_run, workdir):
     tags = run.data.tags
     assert tags["stx.variant"] == "lora" and tags["stx.dataset"] == "demo.h5ad"
     assert len(tags["stx.data_sha256"]) == 64 and tags["stx.version"]
+    # MLflow's standard lineage: who, from what command, and what the run is (its description)
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags["mlflow.note.content"].startswith("lora: ")
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.note.content"].startswith("stx runs:")
     params = run.data.params
     assert params["model.lora.r"] == "16" and params["trainer.seed"] == "3" and params["variant"] == "lora"
     assert int(params["n_trainable_params"]) < int(params["n_total_params"])

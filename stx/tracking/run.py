@@ -336,11 +336,14 @@ def tracked_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         _terminate(handle, status)
 
 
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's system/* metrics: one sample (CPU, memory, GPU) per interval
+
+
 def _system_metrics(run_id: str) -> object | None:
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, samples_before_logging=1)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, samples_before_logging=1)
         monitor.start()
         return monitor
     except Exception:  # a missing optional dependency must not stop a run

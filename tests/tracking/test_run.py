@@ -47,3 +47,32 @@ def test_without_an_outbox_a_refused_upload_is_an_error_naming_the_file(tmp_path
         with tracked_run(uri, "refused", "r", {}, {}) as run:
             run.log_artifact(artifact, attempts=2)
     assert MlflowClient(uri).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_system_metrics_are_mlflows_own_and_can_be_switched_off(tmp_path, monkeypatch):
+    import time
+
+    from stx.tracking import run as run_module
+
+    monkeypatch.setattr(run_module, "SYSTEM_METRICS_INTERVAL_S", 0.2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracked_run(uri, "sys", "on", {}, {}, system_metrics=True) as on:
+        time.sleep(1.5)
+    with tracked_run(uri, "sys", "off", {}, {}, system_metrics=False) as off:
+        time.sleep(0.5)
+    client = MlflowClient(uri)
+    assert any(k.startswith("system/cpu") for k in client.get_run(on.run_id).data.metrics)
+    assert not [k for k in client.get_run(off.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_the_git_commit_of_the_configs_repository_is_recorded(tmp_path):
+    import subprocess
+
+    from stx.experiment import _git_commit
+
+    assert _git_commit(tmp_path) is None  # not a repository: no tag rather than an error
+    for cmd in (["git", "init", "-q"], ["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+                                                "--allow-empty", "-m", "x"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert _git_commit(tmp_path) == head and len(head) == 40
