@@ -130,13 +130,27 @@ class STSystem(L.LightningModule):
         """(val/loss, val/energy_loss) over `batches`, in eval mode, outside Lightning's loop."""
         return validation_loss(self.model, batches, self.aux, self.global_step, self.device)
 
+    def _fused_adamw(self) -> bool | None:
+        """Fused AdamW: one kernel over all parameters, 4-8x faster than the per-tensor loop
+        PyTorch uses on CPU (`tests/benchmarks/bench_training.py` prints it). Not under
+        Lightning's mixed precision with clipping, which refuses optimizers that unscale
+        gradients themselves; there PyTorch's default (foreach on CUDA) stays."""
+        try:
+            precision = str(self.trainer.precision)
+        except RuntimeError:  # not attached to a trainer
+            precision = "32-true"
+        devices = {p.device.type for p in self.model.parameters()}
+        if "mixed" in precision and self.tcfg.grad_clip:
+            return None
+        return True if devices <= {"cpu", "cuda"} else None
+
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's contract
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": self.tcfg.weight_decay},
             {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.tcfg.lr)
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.tcfg.lr, fused=self._fused_adamw())
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(self.tcfg.lr_warmup_steps, self.tcfg.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -24,8 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -44,57 +42,29 @@ def _block(cfg, table, split, out: Path, tracked: bool, uri: str | None) -> floa
         return timed_fit(cfg, table, split, "lora", out, sink=run.send_rows, monitor=True)
 
 
-ARC_SCRIPT = textwrap.dedent('''
-    import json, statistics, sys, time, torch
-    from state.tx.models.state_transition import StateTransitionPerturbationModel
-    steps, B, S, D, P = map(int, sys.argv[1:6])
-    torch.manual_seed(0)
-    bb = {"bidirectional_attention": True, "max_position_embeddings": S, "hidden_size": 128,
-          "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-          "head_dim": 32, "use_cache": False, "vocab_size": 32}
-    m = StateTransitionPerturbationModel(input_dim=D, output_dim=D, pert_dim=P, batch_dim=None, gene_dim=D,
-        hvg_dim=D, embed_key="X_state", output_space="embedding", gene_names=None, batch_size=B,
-        control_pert="c", basal_mapping_strategy="random", lr=1e-4, hidden_dim=128, cell_set_len=S,
-        n_encoder_layers=2, n_decoder_layers=2, use_basal_projection=True, predict_residual=True,
-        transformer_backbone_key="llama", transformer_backbone_kwargs=bb, loss="energy",
-        distributional_loss="energy", gene_decoder_bool=False, dropout=0.0)
-    m.log = lambda *a, **k: None
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-    eye = torch.eye(P)
-    times = []
-    for i in range(steps):
-        batch = {"ctrl_cell_emb": torch.randn(B * S, D), "pert_cell_emb": torch.randn(B * S, D),
-                 "pert_emb": eye[torch.randint(0, P, (B,))].repeat_interleave(S, 0)}
-        t = time.perf_counter()
-        loss = m.training_step(batch, i)
-        opt.zero_grad(); loss.backward(); opt.step()
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"median": statistics.median(times[5:])}))
-''')
-
-
-def _stx_plain_steps(steps: int, b: int, s: int, d: int, p: int) -> float:
-    from stx.data import keys
-    from stx.model.losses import energy_loss
-    from stx.model.st import ModelSpec, StateTransition
-
-    torch.manual_seed(0)
-    spec = ModelSpec(input_dim=d, output_dim=d, hidden_dim=128, pert_names=tuple(map(str, range(p))), dropout=0.0,
-                     backbone={"intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-                               "num_key_value_heads": 4, "head_dim": 32, "vocab_size": 32})
-    model = StateTransition(spec)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for _ in range(steps):
-        batch = {keys.CTRL_EMB: torch.randn(b, s, d), keys.PERT_INDEX: torch.randint(0, p, (b,))}
-        target = torch.randn(b, s, d)
-        t = time.perf_counter()
-        loss = energy_loss(model(batch), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[5:])
+def arc_ratios(arc_python: str, sizes: list[str], steps: int, blocks: int) -> list[str]:
+    """stx / arc-state CPU time per step, each side in a fresh process (`train_step.py`), the
+    configurations alternating in `blocks` rounds so both see the same machine noise."""
+    script = str(Path(__file__).with_name("train_step.py"))
+    pairs = {"full": ("full", "full"), "lora/arc-lora": ("lora", "lora"), "lora/arc-full": ("lora", "full")}
+    cpu: dict[tuple[str, str, str], list[float]] = {}
+    wall: dict[tuple[str, str, str], list[float]] = {}
+    for _ in range(blocks):
+        for size in sizes:
+            for impl, mode in (("stx", "full"), ("arc", "full"), ("stx", "lora"), ("arc", "lora")):
+                python = arc_python if impl == "arc" else sys.executable
+                out = subprocess.run([python, script, impl, size, mode, str(steps)], capture_output=True, text=True,
+                                     check=True)
+                measured = json.loads(out.stdout.strip().splitlines()[-1])
+                cpu.setdefault((impl, size, mode), []).append(measured["cpu"])
+                wall.setdefault((impl, size, mode), []).append(measured["wall"])
+    lines = []
+    for size in sizes:
+        for label, (ours, theirs) in pairs.items():
+            a, b = statistics.median(cpu[("stx", size, ours)]), statistics.median(cpu[("arc", size, theirs)])
+            wa, wb = statistics.median(wall[("stx", size, ours)]), statistics.median(wall[("arc", size, theirs)])
+            lines.append(f"{size} {label}: cpu {a * 1e3:.1f}/{b * 1e3:.1f} ms = {a / b:.2f} (wall {wa / wb:.2f})")
+    return lines
 
 
 def tahoe_trainable_fraction(train_head: bool) -> float:
@@ -135,9 +105,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="stx training-step benchmark")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--arc-sizes", default="mini,sm", help="mini (hidden 128 x 4) and/or sm (state_sm)")
+    parser.add_argument("--arc-steps", type=int, default=25, help="steps per process (5 of them warm-up)")
+    parser.add_argument("--skip-tracking", action="store_true", help="only (b) and (c)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
+        if args.skip_tracking:
+            return print_arc_and_tahoe(args)
         cfg, table, split = demo([f"trainer.max_steps={args.steps}", "trainer.log_every_n_steps=10"])
         uri = f"sqlite:///{tmp}/mlflow.db"
         tracked, plain = [], []
@@ -149,8 +124,11 @@ def main() -> None:
               f"{t_on / t_off:.3f}  (goal <= 1.03; {args.steps} steps x {args.blocks} blocks, "
               f"batch {cfg.trainer.batch_size} x {cfg.trainer.cell_set_len} cells)")
 
+    print_arc_and_tahoe(args)
+
+
+def print_arc_and_tahoe(args: argparse.Namespace) -> None:
     arc = os.environ.get("STX_BENCH_ARC_STATE")
-    b, s, d, p = cfg.trainer.batch_size, cfg.trainer.cell_set_len, table.spec.embed_dim, 13
     with_head, frozen = tahoe_trainable_fraction(True), tahoe_trainable_fraction(False)
     print(f"(c) ST-Tahoe size, LoRA r16 on attention + MLP: adapters {100 * tahoe_lora_share():.2f}% of the backbone; "
           f"trainable share of the whole model {100 * with_head:.2f}% with the output head trained (default), "
@@ -158,12 +136,9 @@ def main() -> None:
     if not arc:
         print("(b) skipped: set STX_BENCH_ARC_STATE to a Python with arc-state installed")
         return
-    ours = _stx_plain_steps(120, b, s, d, p)
-    out = subprocess.run([arc, "-c", ARC_SCRIPT, "120", str(b), str(s), str(d), str(p)], capture_output=True,
-                         text=True, check=True)
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])["median"]
-    print(f"(b) step time, stx / arc-state (hidden 128, 4 layers, batch {b} x {s} cells): "
-          f"{ours * 1e3:.2f} ms / {theirs * 1e3:.2f} ms = {ours / theirs:.3f}  (goal <= 1.0)")
+    lines = arc_ratios(arc, args.arc_sizes.split(","), args.arc_steps, args.blocks)
+    print(f"(b) training step, stx / arc-state (goal <= 0.8; {args.blocks} blocks of fresh processes, "
+          f"{torch.get_num_threads()} threads, CPU): " + "; ".join(lines))
 
 
 if __name__ == "__main__":
