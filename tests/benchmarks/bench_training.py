@@ -7,9 +7,11 @@ Prints
  (a) median step time with full tracking (buffered metrics to a real MLflow sqlite store,
      grad-norm monitor, step timer) divided by the median step time with tracking off
      (goal <= 1.03); the two configurations alternate in blocks to share the machine's noise;
- (b) when STX_BENCH_ARC_STATE names a Python with arc-state installed: stx's median step
-     time (forward, energy loss, backward, AdamW) divided by arc-state's for the same model
-     size, batch and set length (goal <= 1.0);
+ (b) when STX_BENCH_ARC_STATE names a Python with arc-state installed: stx's CPU time per
+     training step (forward, energy loss, backward, optimizer) divided by arc-state's, at
+     mini and state_sm sizes, full fine-tuning and LoRA (against arc-state's own LoRA and its
+     full fine-tuning), each side in fresh processes (`train_step.py`) alternating in blocks
+     (goal <= 0.8); `--skip-tracking` prints only (b) and (c);
  (c) the trainable fraction of a lora variant at ST-Tahoe size (hidden 1440, 4 layers,
      12 x 120 heads, MLP 4416, 2,000-dim input), with the output head trained (the
      default) and frozen (model.lora.train_head = false).
