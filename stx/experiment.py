@@ -426,13 +426,14 @@ def _evaluate_and_log(cfg, variant, prep: Prepared, run, out_dir, buffer, fit_re
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     history = buffer.history
+    shown = f"run {run.run_id[:8]} ({variant.name}, seed {cfg.trainer.seed})"
     plot_curves(history, ["train/loss", "val/loss", "val/energy_loss"], plots / "loss.png",
-                f"{variant.name}: loss on training and validation sets")
+                f"{variant.name}: loss on training and validation sets", subtitle=shown)
     clip = cfg.trainer.grad_clip
     plot_curves(history, ["grad_norm/global"], plots / "grad_norm.png",
                 f"{variant.name}: global gradient norm (before clipping)", log_y=True,
-                hline=(clip, f"clipping threshold {clip:g}") if clip else None)
-    cell_figure(table, prep.design, result.predictions, cfg, plots)
+                hline=(clip, f"clipping threshold {clip:g}") if clip else None, subtitle=shown)
+    cell_figure(table, prep.design, result.predictions, cfg, plots, subtitle=shown)
     run.log_artifact(plots, "plots")
     run.log_images(sorted(plots.glob("*.png")))
     return result.metrics, result.reference

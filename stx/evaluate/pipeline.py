@@ -72,7 +72,8 @@ def evaluate_run(model: torch.nn.Module, table: CellTable, split: Split, design:
     return Evaluation(preds, by_group, summarize(frames[MODEL]), reference)
 
 
-def cell_figure(table: CellTable, design: TestDesign, preds: Predictions, cfg: Config, out_dir: Path) -> Path:
+def cell_figure(table: CellTable, design: TestDesign, preds: Predictions, cfg: Config, out_dir: Path,
+                subtitle: str | None = None) -> Path:
     """The held-out cells in 2-D (PCA or UMAP): conditions, cell types, time points."""
     from stx.evaluate.plots import plot_real_vs_predicted
 
@@ -91,4 +92,4 @@ def cell_figure(table: CellTable, design: TestDesign, preds: Predictions, cfg: C
     perturbed = "/".join(p for p in spec.perts if p != spec.control)
     return plot_real_vs_predicted(table.emb[ctrl_rows], table.emb[real_rows], preds.emb, labels,
                                   (spec.control, perturbed), out_dir / f"cells_{method}.png", method=method,
-                                  seed=cfg.trainer.seed)
+                                  seed=cfg.trainer.seed, subtitle=subtitle)

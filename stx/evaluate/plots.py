@@ -1,7 +1,9 @@
 """Figures a run logs: loss curves, gradient norms, and real vs predicted cells.
 
 Every axis is labelled with its quantity and unit; colours keep one meaning across figures
-(`CONDITION_COLORS` for control / real / predicted, a qualitative palette for categories).
+(`CONDITION_COLORS` for control / real / predicted, a qualitative palette for categories); text
+stays readable at half size (`FONT_SIZES`: 10 pt ticks and legends, 12 pt titles); a figure says
+which run(s) it shows in its title or `subtitle`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-CONDITION_COLORS = {"control": "#9e9e9e", "real": "#d95f02", "predicted": "#1b9e77"}
+# one meaning, one colour, in every figure (per-run and compare): observed cells are near-black,
+# predicted ones sky blue, a colour no variant or reference predictor uses (stx.comparison.figures)
+CONDITION_COLORS = {"control": "#b3b3b3", "real": "#1a1a1a", "predicted": "#56b4e9"}
+FONT_SIZES = {"font.size": 10, "axes.labelsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10,
+              "legend.fontsize": 10, "legend.title_fontsize": 10, "axes.titlesize": 12, "figure.titlesize": 13}
 UNITS = {
     "train/loss": "energy distance (+ auxiliary terms)", "val/loss": "energy distance (+ auxiliary terms)",
     "train/energy_loss": "energy distance", "val/energy_loss": "energy distance",
@@ -31,13 +37,19 @@ def _figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
+    plt.rcParams.update(FONT_SIZES)
     return plt
 
 
+def with_subtitle(title: str, subtitle: str | None) -> str:
+    """`title`, and on a second line what the figure shows (which run(s))."""
+    return f"{title}\n{subtitle}" if subtitle else title
+
+
 def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], out: Path, title: str,
-                log_y: bool = False, hline: tuple[float, str] | None = None) -> Path:
-    """Line plot of metric histories (missing keys are skipped); `hline` = (value, label)."""
+                log_y: bool = False, hline: tuple[float, str] | None = None, subtitle: str | None = None) -> Path:
+    """Line plot of metric histories (missing keys are skipped); `hline` = (value, label);
+    `subtitle` (e.g. "run 1a2b3c4d, seed 0") names the run drawn."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=110)
     drawn = 0
@@ -50,8 +62,8 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], ou
     if hline is not None and drawn:
         ax.axhline(hline[0], color="k", ls=":", lw=1, label=hline[1])
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(UNITS.get(keys[0], keys[0]) if keys else "")
-    ax.set_title(title)
+    ax.set_ylabel(UNITS.get(keys[0], keys[0]) if keys else "value")
+    ax.set_title(with_subtitle(title, subtitle))
     ax.grid(alpha=0.3)
     if drawn:
         if log_y:
@@ -89,9 +101,10 @@ def category_colors(values: list[str]) -> dict[str, str]:
 
 def plot_real_vs_predicted(control: np.ndarray, real: np.ndarray, pred: np.ndarray,
                            labels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], conditions: tuple[str, str],
-                           out: Path, method: str = "pca", max_cells: int = 1500, seed: int = 0) -> Path:
+                           out: Path, method: str = "pca", max_cells: int = 1500, seed: int = 0,
+                           subtitle: str | None = None) -> Path:
     """Panels over one 2-D map of control, real perturbed and predicted cells: by condition,
-    then predicted cells by each label (cell type, time point)."""
+    then predicted cells by each label (cell type, time point); `subtitle` names the run drawn."""
     rng = np.random.default_rng(seed)
     picks = [rng.choice(len(x), min(len(x), max_cells), replace=False) if len(x) else np.zeros(0, int)
              for x in (control, real, pred)]
@@ -100,13 +113,15 @@ def plot_real_vs_predicted(control: np.ndarray, real: np.ndarray, pred: np.ndarr
     bounds = np.cumsum([0, *map(len, picks)])
     plt = _figure()
     n = 1 + len(labels)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.4), dpi=110, squeeze=False)
-    ax = axes[0][0]
+    cols = min(n, 3)  # wrapped: never a strip too wide to read at half size
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(5 * cols, 4.6 * -(-n // cols)), dpi=110, squeeze=False)
+    panels = list(axes.flat)[:n]
+    ax = panels[0]
     names = (f"control ({conditions[0]})", f"real {conditions[1]}", f"predicted {conditions[1]}")
-    for k, (name, color) in enumerate(zip(names, CONDITION_COLORS.values(), strict=True)):
-        ax.scatter(*xy[bounds[k]:bounds[k + 1]].T, s=3, alpha=0.5, c=color, label=name)
+    for k, (name, kind) in enumerate(zip(names, ("control", "real", "predicted"), strict=True)):
+        ax.scatter(*xy[bounds[k]:bounds[k + 1]].T, s=3, alpha=0.5, c=CONDITION_COLORS[kind], label=name)
     ax.set_title("held-out cells by condition")
-    for ax, (title, values) in zip(axes[0][1:], labels.items(), strict=True):
+    for ax, (title, values) in zip(panels[1:], labels.items(), strict=True):
         shown = values[2][picks[2]]
         colors = category_colors(list(dict.fromkeys(np.concatenate(values).tolist())))
         ax.scatter(*xy[bounds[0]:bounds[2]].T, s=2, c="#dddddd", label="real cells")
@@ -114,11 +129,13 @@ def plot_real_vs_predicted(control: np.ndarray, real: np.ndarray, pred: np.ndarr
             sel = shown == value
             ax.scatter(*xy[bounds[2]:bounds[3]][sel].T, s=3, alpha=0.6, c=colors[value], label=str(value))
         ax.set_title(f"predicted cells by {title}")
-    for ax in axes[0]:
+    for ax in panels:
         ax.set_xlabel(axis[0])
         ax.set_ylabel(axis[1])
-        ax.legend(markerscale=4, frameon=False, fontsize=8)
-    fig.suptitle(f"{method.upper()} of the held-out test cells (up to {max_cells} per kind)")
+        ax.legend(markerscale=4, frameon=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(with_subtitle(f"{method.upper()} of the held-out test cells (up to {max_cells} per kind)", subtitle))
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

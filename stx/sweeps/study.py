@@ -253,6 +253,10 @@ def run_sweep(req: SweepRequest) -> SweepSummary:
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 direction=cfg.sweep.resolved_direction(),
                                 sampler=make_sampler(req.sampler, cfg.trainer.seed), pruner=make_pruner(req.pruner))
+    if study.metric_names != [cfg.sweep.objective]:  # named in Optuna's dashboards and in stx's study plots
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([cfg.sweep.objective])
     tags = {"stx.kind": "sweep", "stx.study": study_name, "stx.storage": mask_secrets(storage_url),
             "stx.sweep_variant": req.variant}
     params = {"sweep.variant": req.variant, "sweep.n_trials": str(req.n_trials), "sweep.sampler": req.sampler,
