@@ -102,8 +102,9 @@ def _finished_run(client, experiment: str, cfg, variant: str, seed: int):  # noq
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    query = (f"tags.`stx.config_digest` = '{config_digest(cfg)}' and "
-             f"tags.`stx.variant` = '{resolve_variant(variant).name}' and "
+    resolved = resolve_variant(variant)
+    query = (f"tags.`stx.config_digest` = '{config_digest(cfg, resolved)}' and "
+             f"tags.`stx.variant` = '{resolved.name}' and "
              f"params.`trainer.seed` = '{seed}' and attributes.status = 'FINISHED'")
     for run in client.search_runs([found.experiment_id], query, order_by=["attributes.start_time DESC"]):
         if (Path(cfg.tracking.output_dir).resolve() / run.info.run_id / "eval" / "metrics_by_group.csv").is_file():

@@ -24,7 +24,7 @@ VARIANT_COLORS = {"baseline": "#0072b2", "lora": "#e69f00", "lora-mhc": "#009e73
 REFERENCE_COLORS = {"baseline": VARIANT_COLORS["baseline"], "mean_shift": "#6e6e6e", "perturbed_mean": "#969696",
                     "truth": "#cccccc"}
 # names stx does not know (a variant added later): Paul Tol's muted scheme, none of the above
-FALLBACK_COLORS = ("#332288", "#88ccee", "#44aa99", "#117733", "#999933", "#ddcc77", "#aa4499")
+FALLBACK_COLORS = ("#332288", "#661100", "#44aa99", "#117733", "#999933", "#ddcc77", "#aa4499")
 FIXED_COLORS = {**VARIANT_COLORS, **REFERENCE_COLORS}
 # the runs each compare figure draws (report._figures: newest_run)
 NEWEST = "newest run of each variant"
