@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -185,3 +186,15 @@ def world_overrides(world: str, cells: int, steps: int, heldout: Sequence[str], 
     return [f'datasets.demo="builtin:demo?world={world}&cells={cells}"', f"trainer.max_steps={steps}",
             f"trainer.val_every_n_steps={max(steps // 4, 10)}", f"data.heldout_groups=[{groups}]",
             f"data.min_group_cells={3 if quick else 10}", f"trainer.checkpoint_every_n_steps={steps}"]
+
+
+def write_report(args: argparse.Namespace, title: str, script: str, seeds: Sequence[int], steps: int, setup: str,
+                 seconds: float, sections: Sequence[str]) -> str:
+    """The results file every experiment writes (and prints): title and date, the command that
+    made it, the setup, the wall time, then the sections."""
+    text = (f"# {title} ({date.today()})\n\n`python {script} --seeds {' '.join(map(str, seeds))} --steps {steps}"
+            f"{' --quick' if args.quick else ''}`: {setup}. Wall time on this machine: {seconds / 60:.1f} min.\n\n"
+            + "\n".join(sections))
+    args.out.write_text(text)
+    print(text)
+    return text

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 import sys
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Case, experiment_parser, mean_sd, run_cases, seed_table, seeds_verdict, total_seconds
+from common import Case, experiment_parser, mean_sd, run_cases, seed_table, seeds_verdict, total_seconds, write_report
 
 SETTINGS = {
     "normal": (),
@@ -65,12 +64,8 @@ def main() -> None:
         sections.append(f"## Setting `{setting}` ({' '.join(overrides) or 'the demo defaults'})\n\n"
                         + "\n".join(lines) + "\n\nAll run metrics (mean ± sd over the seeds that finished):\n\n"
                         + seed_table(results, SHOWN) + "\n")
-    text = (f"# mHC stability ({date.today()})\n\n`python experiments/mhc_stability/run.py --seeds "
-            f"{' '.join(map(str, seeds))} --steps {steps}{' --quick' if args.quick else ''}`: stx-mini on the burn "
-            f"demo ({cells} cells), batch 8 x 32 cells. Wall time on this machine: {seconds / 60:.1f} min.\n\n"
-            + "\n".join(sections))
-    args.out.write_text(text)
-    print(text)
+    write_report(args, "mHC stability", "experiments/mhc_stability/run.py", seeds, steps,
+                 f"stx-mini on the burn demo ({cells} cells), batch 8 x 32 cells", seconds, sections)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,19 @@ seed that already finished with the same configuration is read back (`--fresh` r
 from __future__ import annotations
 
 import sys
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Case, experiment_parser, paired_verdict, run_cases, seed_table, total_seconds, world_overrides
+from common import (
+    Case,
+    experiment_parser,
+    paired_verdict,
+    run_cases,
+    seed_table,
+    total_seconds,
+    world_overrides,
+    write_report,
+)
 
 WORLDS = ("burn", "time-switch")
 HELDOUT = ("Fib:14", "Kera:19")
@@ -58,13 +66,9 @@ def main() -> None:
                         "Trained test groups (Δ = how much better the axis is, 95% interval over groups and seeds):"
                         f"\n\n{verdicts(results, heldout=False)}\nHeld-out groups (never trained on):\n\n"
                         f"{verdicts(results, heldout=True)}")
-    text = (f"# Time as an axis or as a category ({date.today()})\n\n"
-            f"`python experiments/time_encoding/run.py --seeds {' '.join(map(str, seeds))} --steps {steps}"
-            f"{' --quick' if args.quick else ''}`: stx-mini, lora, {cells} cells per world, perturbed cells of "
-            f"{', '.join(HELDOUT)} withheld from training; mean ± sd over seeds. Wall time on this machine: "
-            f"{seconds / 60:.1f} min.\n\n" + "\n".join(sections))
-    args.out.write_text(text)
-    print(text)
+    write_report(args, "Time as an axis or as a category", "experiments/time_encoding/run.py", seeds, steps,
+                 f"stx-mini, lora, {cells} cells per world, perturbed cells of {', '.join(HELDOUT)} withheld from "
+                 f"training; mean ± sd over seeds", seconds, sections)
 
 
 if __name__ == "__main__":

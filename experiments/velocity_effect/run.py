@@ -24,11 +24,19 @@ read back, not trained again (`--fresh` retrains everything).
 from __future__ import annotations
 
 import sys
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import Case, experiment_parser, paired_verdict, run_cases, seed_table, total_seconds, world_overrides
+from common import (
+    Case,
+    experiment_parser,
+    paired_verdict,
+    run_cases,
+    seed_table,
+    total_seconds,
+    world_overrides,
+    write_report,
+)
 
 WORLDS = ("velocity-aligned", "velocity-misleading", "burn")
 HELDOUT = ("Fib:14", "Kera:19")
@@ -92,13 +100,10 @@ def main() -> None:
             "Held-out groups (never trained on; Δ = how much better, 95% interval over groups and seeds):\n\n"
             + head + "\n" + "\n".join(verdicts(results, heldout=True)) + "\n\n"
             "All other test groups:\n\n" + head + "\n" + "\n".join(verdicts(results, heldout=False)) + "\n")
-    text = (f"# Velocity alignment on three synthetic worlds ({date.today()})\n\n"
-            f"`python experiments/velocity_effect/run.py --seeds {' '.join(map(str, seeds))} --steps {steps}"
-            f"{' --quick' if args.quick else ''}`: stx-mini, {cells} cells per world, perturbed cells of "
-            f"{', '.join(HELDOUT)} withheld from training; lambda 0.1 (default) or 1 after the default warmup; "
-            f"mean ± sd over seeds. Wall time on this machine: {seconds / 60:.1f} min.\n\n" + "\n".join(sections))
-    args.out.write_text(text)
-    print(text)
+    write_report(args, "Velocity alignment on three synthetic worlds", "experiments/velocity_effect/run.py", seeds,
+                 steps, f"stx-mini, {cells} cells per world, perturbed cells of {', '.join(HELDOUT)} withheld from "
+                 f"training; lambda 0.1 (default) or 1 after the default warmup; mean ± sd over seeds",
+                 seconds, sections)
 
 
 if __name__ == "__main__":

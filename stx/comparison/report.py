@@ -17,7 +17,7 @@ import pandas as pd
 
 from stx.comparison import figures
 from stx.comparison.query import RunRecord, check_same_data, experiment_runs, registry_runs
-from stx.comparison.tables import Row, build_rows, comparison_table, differences, summary_lines, to_markdown
+from stx.comparison.tables import Row, build_rows, comparison_table, differences, steps_of, summary_lines, to_markdown
 from stx.errors import StxError
 from stx.evaluate.plots import projection_for
 
@@ -149,7 +149,7 @@ def gather(client, experiment: str | None, runs: str, allow_mixed: bool,  # noqa
 
 # What a registered champion may have been trained with differently from its neighbours.
 UNLIKE: tuple[tuple[str, Callable[[RunRecord], object]], ...] = (
-    ("steps", lambda r: r.tags.get("stx.steps") or r.params.get("trainer.max_steps")),
+    ("steps", steps_of),
     ("trainer.lr", lambda r: r.params.get("trainer.lr")),
     ("model.lora.r", lambda r: r.params.get("model.lora.r")),
     ("model.velocity.lambda", lambda r: r.params.get("model.velocity.lambda")),
@@ -196,7 +196,7 @@ OUTPUTS = ("comparison.md", "comparison.csv", "differences.csv", "metrics_by_gro
            "trajectories.png")
 
 
-def publish(stage: Path, out: Path) -> Path:
+def publish(stage: Path, out: Path) -> None:
     """Move a complete comparison from `stage` into `out`, replacing the previous one's files."""
     import shutil
 
@@ -205,7 +205,6 @@ def publish(stage: Path, out: Path) -> Path:
         (out / name).unlink(missing_ok=True)
     for path in sorted(stage.iterdir()):
         shutil.move(str(path), out / path.name)
-    return out
 
 
 def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | None = None, runs: str = "registry",
@@ -220,26 +219,26 @@ def compare(tracking_uri: str, out_dir: Path | None = None, experiment: str | No
     out_dir = out_dir or default_out(experiment, runs, trials)
     with tempfile.TemporaryDirectory() as tmp, _one_blas_thread():
         tmp_dir = Path(tmp)
-        final, out_dir = out_dir, tmp_dir / "out"  # written here, published when complete
-        out_dir.mkdir()
+        stage = tmp_dir / "out"  # written here, published into out_dir when complete
+        stage.mkdir()
         by_run = group_tables(records, tmp_dir)
         rows = build_rows(records, by_run)
         table, diffs = comparison_table(rows), differences(rows)
         held_table = comparison_table(rows, heldout=True)
         held_diffs = differences(rows, heldout=True)
-        table.to_csv(out_dir / "comparison.csv", index=False)
-        diffs.to_csv(out_dir / "differences.csv", index=False)
+        table.to_csv(stage / "comparison.csv", index=False)
+        diffs.to_csv(stage / "differences.csv", index=False)
         source = "the registry (champion, else newest version of each model)" if runs == "registry" \
             else "every finished run of the experiment"
-        (out_dir / "comparison.md").write_text(
+        (stage / "comparison.md").write_text(
             f"# stx comparison ({datetime.now():%Y-%m-%d %H:%M})\n\n{len(records)} runs from {source}; held-out "
             f"test cells only; rows are variants (seeds pooled) and reference predictors scored on the same test "
             f"design. Intervals: 95% percentile bootstrap over test groups and seeds, the same for every row.\n\n"
             + to_markdown(table, diffs, held_table, held_diffs))
         pd.concat([r.groups.assign(row=r.name) for r in rows], ignore_index=True).to_csv(
-            out_dir / "metrics_by_group.csv", index=False)
-        _figures(client, rows, table, tmp_dir, out_dir, projection)
-        out_dir = publish(out_dir, final)
+            stage / "metrics_by_group.csv", index=False)
+        _figures(client, rows, table, tmp_dir, stage, projection)
+        publish(stage, out_dir)
     run_id = _log_compare_run(client, records, out_dir, experiment) if log_run else None
     return CompareResult(out_dir, table, diffs, summary_lines(table, diffs), run_id, len(records),
                          time.perf_counter() - start, tracking_uri)

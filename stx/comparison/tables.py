@@ -72,6 +72,11 @@ def _seed(record: RunRecord) -> int:
     return int(record.params.get("trainer.seed", 0) or 0)
 
 
+def steps_of(record: RunRecord) -> object:
+    """The steps a run trained for (its tag; runs made before stx recorded it: its param)."""
+    return record.tags.get("stx.steps") or record.params.get("trainer.max_steps")
+
+
 def config_of(record: RunRecord) -> str:
     """The run's configuration digest (runs made before stx recorded one: their steps and lr)
     and its data's: runs of one config on different data (--allow-mixed) are never one row."""
@@ -94,7 +99,7 @@ def row_keys(records: list[RunRecord]) -> dict[str, tuple[str, str]]:
     for record in records:
         name = record.variant
         if len(configs[name]) > 1:
-            steps = record.tags.get("stx.steps") or record.params.get("trainer.max_steps", "?")
+            steps = steps_of(record) or "?"
             digest = record.tags.get("stx.config_digest") or config_of(record)
             data = f", data {record.data_sha256[:6]}" if len(datasets[name]) > 1 else ""
             name = f"{name} [{steps} steps, {digest[:6]}{data}]"

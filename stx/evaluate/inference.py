@@ -78,9 +78,10 @@ def _mlmodel_run_id(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        found = (yaml.safe_load(path.read_text()) or {}).get("run_id")
+        content = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
         return None
+    found = content.get("run_id") if isinstance(content, dict) else None
     return str(found) if found else None
 
 

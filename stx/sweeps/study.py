@@ -295,9 +295,9 @@ def _register_best(req: SweepRequest, run_id: str) -> str | None:
     run = client.get_run(run_id)
     # a second worker (or a rejoined sweep) that finds the same best trial reuses its version
     model = f"stx-{resolve_variant(req.variant).name}"
-    existing = client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'")
+    existing = _versions_of(client, model, run_id)
     if existing:
-        return str(max(int(v.version) for v in existing))
+        return str(existing[0])
     package = Path(run.data.tags.get("stx.output_dir", "")) / "model_package"
     if not (package / "model.json").is_file():
         log.warning("the best trial's model package %s is not on this machine (the trial ran elsewhere): register it "
@@ -314,13 +314,18 @@ def _register_best(req: SweepRequest, run_id: str) -> str | None:
         return kept
 
 
+def _versions_of(client, model: str, run_id: str) -> list[int]:  # noqa: ANN001
+    """The versions of `model` registered from run `run_id`, oldest first."""
+    return sorted(int(v.version) for v in client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'"))
+
+
 def _one_version_per_run(client, model: str, run_id: str, ours: str) -> str:  # noqa: ANN001
     """Two workers that finish together can both find the same best trial unregistered and both
     register it (the registry has no compare-and-set): the lower version stays, and the worker
     that made the other deletes its own. Returns the version that stays."""
     from mlflow.exceptions import MlflowException
 
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model}' and run_id = '{run_id}'"))
+    versions = _versions_of(client, model, run_id)
     first = str(versions[0]) if versions else ours
     if first != ours:
         try:

@@ -31,3 +31,5 @@ def test_the_run_id_comes_from_mlmodel_read_as_plain_yaml(tmp_path):
     (tmp_path / "MLmodel").write_text("run_id: !!python/object/apply:os.system ['false']\n")
     assert _mlmodel_run_id(tmp_path / "MLmodel") is None  # never constructs objects
     assert _mlmodel_run_id(tmp_path / "absent") is None
+    (tmp_path / "MLmodel").write_text("- not\n- a mapping\n")
+    assert _mlmodel_run_id(tmp_path / "MLmodel") is None
