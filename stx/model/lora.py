@@ -17,6 +17,7 @@ from torch import nn
 
 from stx.config import LoraConfig
 from stx.errors import StxError
+from stx.model.dropout import use_fast_dropout
 from stx.model.st import StateTransition
 
 NEW_INPUT_LAYERS = ("pert_encoder", "batch_encoder", "covariate_encoders")
@@ -36,6 +37,7 @@ def apply_lora(model: StateTransition, cfg: LoraConfig) -> StateTransition:
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), bias="none")
     model.transformer_backbone = inject_adapter_in_model(peft_cfg, model.transformer_backbone)
+    use_fast_dropout(model.transformer_backbone)
     return model
 
 

@@ -19,8 +19,10 @@ and mHC collapses to a plain residual. Dynamic (input-dependent) coefficients ad
 alpha * (RMSNorm(vec X) @ phi) with phi = 0 and alpha = 0.01 at init (the paper's gate),
 no tanh.
 
-Streams travel between layers packed in the feature dimension ([B, S, n*C]) so the
-unmodified HF layer loop, masks and position embeddings are untouched.
+The unmodified HF layer loop carries the streams between layers (it only hands each layer's
+output to the next): static mixing as [n, B, S, C], stream-major, so that mixing is one
+matrix product; dynamic mixing token-major, packed in the features ([B, S, n*C]), for the
+per-token products. Masks and position embeddings are computed once for [B, S] as before.
 """
 
 from __future__ import annotations
@@ -113,13 +115,14 @@ class MHCCoefficients(nn.Module):
             return birkhoff(logits, self.perms)
         return sinkhorn(logits, self.iters)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, S, n, C] -> H_pre [.., n], H_post [.., n], H_res [.., n, n] (static: no batch dims)."""
+    def forward(self, x: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, n, C] -> H_pre [.., n], H_post [.., n], H_res [.., n, n] (static: no batch dims,
+        and x is not read)."""
         pre, post, res = self.b_pre.float(), self.b_post.float(), self.b_res.float()
         shared = self.__dict__.get("shared")
         if shared is not None:  # static: projected once per forward for every layer (StaticMixing)
             return torch.sigmoid(pre), 2 * torch.sigmoid(post), shared.h_res[self.__dict__["slot"]]
-        if self.dynamic:
+        if self.dynamic and x is not None:
             n = self.n
             flat = x.float().flatten(-2)
             flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + 1e-6)
@@ -144,6 +147,7 @@ class StaticMixing:
     def __init__(self, coefficients: list[MHCCoefficients]):
         self.coefficients = coefficients
         self.h_res = torch.empty(0)
+        self.dtype = torch.float32  # the backbone's hidden dtype, set by the first layer
         for slot, coef in enumerate(coefficients):
             coef.__dict__["shared"], coef.__dict__["slot"] = self, slot
 
@@ -161,6 +165,7 @@ class StaticMixing:
         memo[id(self)] = new
         new.coefficients = copy.deepcopy(self.coefficients, memo)
         new.h_res = torch.empty(0)  # a projection in flight belongs to the original's graph
+        new.dtype = self.dtype
         return new
 
 
@@ -179,33 +184,62 @@ class MHCLayer(nn.Module):
         self.last_h_res: torch.Tensor | None = None
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):  # noqa: ANN201 - HF's layer API
+        shared = self.mhc.__dict__.get("shared")
+        if shared is not None:
+            return self._forward_static(hidden_states, shared, *args, **kwargs)
+        return self._forward_dynamic(hidden_states, *args, **kwargs)
+
+    def _branch(self, x_in: torch.Tensor, dtype: torch.dtype, *args, **kwargs) -> tuple[torch.Tensor, tuple]:
+        """F(h) = layer(h) - h in fp32, and what the layer returns beyond its hidden states."""
+        out = self.block(x_in.to(dtype), *args, **kwargs)
+        y, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
+        return y.float() - x_in, rest
+
+    def _forward_static(self, hidden_states: torch.Tensor, shared: StaticMixing, *args, **kwargs):
+        """Static mixing with the streams stream-major, [n, B, S, C] between layers: reading them
+        is then one plain matrix product [n + 1, n] x [n, B*S*C] (a token-major layout needs a
+        transpose copy or a batch of tiny products, 4-10x slower forward and backward)."""
+        if self.first:
+            shared.refresh()
+            shared.dtype = hidden_states.dtype
+        h_pre, h_post, h_res = self.mhc(None)
+        self.last_h_res = h_res.detach()
+        read = torch.cat([h_pre.unsqueeze(0), h_res], 0)  # H_pre and H_res read the same streams: [n + 1, n]
+        if self.first:  # the streams start as copies of h: reading them is a row sum times h
+            x = hidden_states.float()
+            both = read.sum(-1).view(-1, *([1] * x.dim())) * x
+        else:
+            x = hidden_states.float()
+            both = (read @ x.reshape(self.n, -1)).view(self.n + 1, *x.shape[1:])
+        x_in, mixed = both[0], both[1:]
+        branch, rest = self._branch(x_in, shared.dtype, *args, **kwargs)
+        x_next = torch.addcmul(mixed, h_post.view(-1, *([1] * branch.dim())), branch)  # one pass, not mul then add
+        if self.last:
+            shared.release()
+            h = x_next.mean(0).to(shared.dtype)
+        else:
+            h = x_next.to(shared.dtype)
+        return (h, *rest) if rest else h
+
+    def _forward_dynamic(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """Per-token mixing, the streams token-major and packed in the features ([B, S, n*C])."""
         b, s = hidden_states.shape[:2]
         if self.first:
             x = hidden_states.float().unsqueeze(-2).expand(b, s, self.n, self.width)
         else:
             x = hidden_states.float().view(b, s, self.n, self.width)
-        shared = self.mhc.__dict__.get("shared")
-        if self.first and shared is not None:
-            shared.refresh()
         h_pre, h_post, h_res = self.mhc(x)
-        # H_pre (the layer's input) and H_res (the mixing) read the same streams: one product
-        # for both, [.., n + 1, n] x [.., n, C]
-        read = torch.cat([h_pre.unsqueeze(-2), h_res], -2)
-        if h_res.dim() == 2:  # static: one set of matrices for all tokens (a plain GEMM, no tiny bmm)
-            self.last_h_res = h_res.detach()
-            both = torch.einsum("ij,...jc->...ic", read, x)
-        else:  # dynamic: per token; broadcast-multiply beats a batch of 5 x 4 matmuls
-            self.last_h_res = h_res.detach().mean((0, 1))
-            both = (read[..., None] * x[..., None, :, :]).sum(-2)
+        self.last_h_res = h_res.detach().mean((0, 1))
+        read = torch.cat([h_pre.unsqueeze(-2), h_res], -2)  # [B, S, n + 1, n]
+        if self.first:
+            both = read.sum(-1, keepdim=True) * x[..., :1, :]
+        else:  # a batch of [n + 1, n] x [n, C] products: 4-10x faster than broadcast-multiply-and-sum
+            both = torch.matmul(read, x)
         x_in, mixed = both[..., 0, :], both[..., 1:, :]
-        out = self.block(x_in.to(hidden_states.dtype), *args, **kwargs)
-        y = out[0] if isinstance(out, tuple) else out
-        branch = y.float() - x_in  # F(h) = layer(h) - h, in fp32
-        x_next = torch.addcmul(mixed, h_post[..., None], branch[..., None, :])  # one pass, not mul then add
-        if self.last and shared is not None:
-            shared.release()
+        branch, rest = self._branch(x_in, hidden_states.dtype, *args, **kwargs)
+        x_next = torch.addcmul(mixed, h_post[..., None], branch[..., None, :])
         h = (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
+        return (h, *rest) if rest else h
 
 
 def apply_mhc(backbone: nn.Module, cfg: MhcConfig) -> list[MHCLayer]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from stx.data import keys
+from stx.model.dropout import Dropout
 
 # The gate is stored divided by this, so that at fine-tuning learning rates (Adam moves a
 # parameter by about lr per step) it can open within a few hundred steps.
@@ -113,9 +114,9 @@ def build_mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, dropout
     """Linear -> act -> dropout blocks; layer indices match arc-state's `build_mlp`."""
     if n_layers == 1:
         return nn.Sequential(nn.Linear(in_dim, out_dim))
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), activation(), nn.Dropout(dropout)]
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), activation(), Dropout(dropout)]
     for _ in range(n_layers - 2):
-        layers += [nn.Linear(hidden_dim, hidden_dim), activation(), nn.Dropout(dropout)]
+        layers += [nn.Linear(hidden_dim, hidden_dim), activation(), Dropout(dropout)]
     layers.append(nn.Linear(hidden_dim, out_dim))
     return nn.Sequential(*layers)
 

@@ -107,7 +107,8 @@ SERVING_DEPENDENCIES = ("numpy", "pandas", "pydantic", "scipy", "torch", "transf
 SERVED_MODULES = ("__init__.py", "errors.py", "config.py",
                   "data/__init__.py", "data/keys.py", "data/covariates.py", "data/load.py", "data/split.py",
                   "evaluate/__init__.py", "evaluate/design.py", "evaluate/inference.py", "evaluate/predict.py",
-                  "model/__init__.py", "model/st.py", "model/package.py", "model/checkpoint.py", "model/mhc.py",
+                  "model/__init__.py", "model/st.py", "model/dropout.py", "model/package.py", "model/checkpoint.py",
+                  "model/mhc.py",
                   "tracking/__init__.py", "tracking/pyfunc.py")
 
 

@@ -125,6 +125,48 @@ def test_static_mixing_is_projected_once_per_forward_and_equals_each_layers_own(
     assert not torch.allclose(layers[0].last_h_res, torch.full((4, 4), 0.25))
 
 
+def _reference_backbone(model, layers, inputs_embeds):
+    """The mHC equations written out stream by stream: X' = H_res X + H_post^T F(H_pre X)."""
+    backbone = model.transformer_backbone
+    b, s, _ = inputs_embeds.shape
+    mask = inputs_embeds.new_zeros(b, 1, s, s)
+    pos = backbone.rotary_emb(inputs_embeds, None)
+    streams = [inputs_embeds.float()] * layers[0].n
+    for layer in layers:
+        x = torch.stack(streams, -2)  # [B, S, n, C]
+        static = layer.mhc.__dict__.get("shared") is not None
+        h_pre, h_post, h_res = layer.mhc(None if static else x)
+        h_pre, h_post = h_pre.expand(b, s, -1), h_post.expand(b, s, -1)
+        h_res = h_res.expand(b, s, -1, -1)
+        x_in = sum(h_pre[..., j, None] * streams[j] for j in range(layer.n))
+        y = layer.block(x_in, attention_mask=mask, position_embeddings=pos)
+        branch = (y[0] if isinstance(y, tuple) else y) - x_in
+        streams = [sum(h_res[..., i, j, None] * streams[j] for j in range(layer.n)) + h_post[..., i, None] * branch
+                   for i in range(layer.n)]
+    return backbone.norm(torch.stack(streams, -2).mean(-2))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_mixing_equals_the_equations_written_stream_by_stream(dynamic):
+    torch.manual_seed(0)
+    model = tiny()
+    layers = apply_mhc(model.transformer_backbone, MhcConfig(streams=4, dynamic=dynamic))
+    with torch.no_grad():  # away from the identity, so every coefficient matters
+        for layer in layers:
+            for param in layer.mhc.parameters():
+                param.add_(0.5 * torch.randn_like(param))
+    seq = torch.randn(2, 5, model.spec.hidden_dim, requires_grad=True)
+    got = model.transformer_backbone(inputs_embeds=seq, attention_mask=seq.new_zeros(2, 1, 5, 5)).last_hidden_state
+    if not dynamic:
+        layers[0].mhc.__dict__["shared"].refresh()
+    want = _reference_backbone(model, layers, seq)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), [seq, *[layer.mhc.b_res for layer in layers]])
+    grads_ref = torch.autograd.grad(want.square().sum(), [seq, *[layer.mhc.b_res for layer in layers]])
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
 def test_parameter_counts():
     static, dynamic = tiny(), tiny()
     apply_mhc(static.transformer_backbone, MhcConfig(streams=4))
