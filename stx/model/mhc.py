@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,14 +49,41 @@ def sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
     runs 20 times per layer and step. Logits are shifted by their maximum (the result does
     not change) and gaps beyond 60 nats are clamped (entries below e^-60 of the largest;
     far outside what fine-tuning reaches from H_res = Sinkhorn(3 I)), so no row or column
-    can underflow to all zeros.
+    can underflow to all zeros. The backward is the exact gradient of these iterations,
+    written out (`_Sinkhorn`): 3 small operations per normalisation instead of autograd's 6-8.
     """
-    z = logits.float()
-    z = (z - z.amax((-2, -1), keepdim=True)).clamp_min(-60.0).exp()
-    for _ in range(iters):
-        z = z / z.sum(-2, keepdim=True)
-        z = z / z.sum(-1, keepdim=True)
-    return z
+    return _Sinkhorn.apply(logits, iters)
+
+
+class _Sinkhorn(torch.autograd.Function):
+    """Unrolled Sinkhorn with a hand-written backward in log space.
+
+    A normalisation z' = z / sum_axis(z) is u' = u - logsumexp_axis(u) for u = log z, whose
+    gradient is du = du' - z' sum_axis(du'); the output's is g * z. So the backward walks
+    the saved normalised matrices once, with no division and no autograd graph.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, iters: int) -> torch.Tensor:  # type: ignore[override]
+        shifted = logits.float() - logits.float().amax((-2, -1), keepdim=True)
+        z = shifted.clamp_min(-60.0).exp()
+        steps = []
+        for _ in range(iters):
+            z = z / z.sum(-2, keepdim=True)
+            steps.append(z)
+            z = z / z.sum(-1, keepdim=True)
+            steps.append(z)
+        ctx.save_for_backward(shifted > -60.0, z, *steps)
+        ctx.in_dtype = logits.dtype
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        open_, out, *steps = ctx.saved_tensors
+        g = grad.float() * out
+        for k in range(len(steps) - 1, -1, -1):
+            g = g - steps[k] * g.sum(-1 if k % 2 else -2, keepdim=True)
+        return (g * open_).to(ctx.in_dtype), None
 
 
 def permutation_matrices(n: int) -> torch.Tensor:

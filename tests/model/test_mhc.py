@@ -66,6 +66,27 @@ def test_sinkhorn_gradients_flow_and_are_alive_at_the_initial_logits():
     assert logits.grad.abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("iters", [1, 3, 10])  # (with no iteration the shift by the maximum is not free)
+def test_sinkhorn_gradient_is_autograds_through_the_plain_iterations(iters):
+    def plain(logits):
+        z = logits.float()
+        z = (z - z.amax((-2, -1), keepdim=True)).clamp_min(-60.0).exp()
+        for _ in range(iters):
+            z = z / z.sum(-2, keepdim=True)
+            z = z / z.sum(-1, keepdim=True)
+        return z
+
+    torch.manual_seed(0)
+    logits = 2 * torch.randn(3, 5, 4, 4)
+    logits[0, 0, 1, 2] = -200.0  # a clamped entry: no gradient, as in the plain version
+    logits.requires_grad_()
+    weights = torch.randn(3, 5, 4, 4)
+    got = torch.autograd.grad((sinkhorn(logits, iters) * weights).sum(), logits)[0]
+    want = torch.autograd.grad((plain(logits) * weights).sum(), logits)[0]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert got[0, 0, 1, 2] == 0
+
+
 def test_birkhoff_is_exactly_doubly_stochastic():
     perms = permutation_matrices(4)
     assert perms.shape == (24, 4, 4) and torch.equal(perms[0], torch.eye(4))
