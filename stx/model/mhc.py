@@ -153,12 +153,15 @@ class MHCCoefficients(nn.Module):
         if self.dynamic and x is not None:
             n = self.n
             flat = x.float().flatten(-2)
-            flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + 1e-6)
+            flat = nn.functional.rms_norm(flat, flat.shape[-1:], eps=1e-6)
             proj = flat @ self.phi.float()
-            pre = pre + self.alpha[0] * proj[..., :n]
-            post = post + self.alpha[1] * proj[..., n:2 * n]
-            extra = self.alpha[2] * proj[..., 2 * n:]
-            res = res + (extra.unflatten(-1, (n, n)) if self.projection == "sinkhorn" else extra)
+            # b + alpha * proj for H_pre, H_post and H_res in one pass: [.., 2n + n_res]
+            alpha = self.alpha.float()
+            gates = torch.cat([alpha[0].expand(n), alpha[1].expand(n), alpha[2].expand(res.numel())])
+            coefs = torch.addcmul(torch.cat([pre, post, res.flatten()]), proj, gates)
+            pre, post, res = coefs[..., :n], coefs[..., n:2 * n], coefs[..., 2 * n:]
+            if self.projection == "sinkhorn":
+                res = res.unflatten(-1, (n, n))
         return torch.sigmoid(pre), 2 * torch.sigmoid(post), self._res(res)
 
 

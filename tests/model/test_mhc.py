@@ -188,6 +188,22 @@ def test_mixing_equals_the_equations_written_stream_by_stream(dynamic):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
 
 
+def test_dynamic_coefficients_follow_the_papers_formula():
+    torch.manual_seed(0)
+    coef = MHCCoefficients(8, 1, MhcConfig(streams=3, dynamic=True))
+    with torch.no_grad():
+        for param in coef.parameters():
+            param.add_(torch.randn_like(param))
+    x = torch.randn(2, 5, 3, 8)
+    flat = x.flatten(-2)
+    proj = (flat / flat.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()) @ coef.phi
+    h_pre, h_post, h_res = coef(x)
+    torch.testing.assert_close(h_pre, torch.sigmoid(coef.b_pre + coef.alpha[0] * proj[..., :3]))
+    torch.testing.assert_close(h_post, 2 * torch.sigmoid(coef.b_post + coef.alpha[1] * proj[..., 3:6]))
+    res_logits = coef.b_res + coef.alpha[2] * proj[..., 6:].unflatten(-1, (3, 3))
+    torch.testing.assert_close(h_res, sinkhorn(res_logits, 10))
+
+
 def test_parameter_counts():
     static, dynamic = tiny(), tiny()
     apply_mhc(static.transformer_backbone, MhcConfig(streams=4))
