@@ -102,7 +102,7 @@ class LoraConfig(_Section):
 
     r: PositiveInt = Field(16, description="rank of the LoRA update")
     alpha: PositiveFloat = Field(32, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path (0 = none, as in PEFT)")
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         min_length=1, description="backbone modules that get adapters (attention and MLP)",

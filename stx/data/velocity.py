@@ -89,7 +89,6 @@ def prepare_velocity(in_path: Path, embed_key: str, out_path: Path | None, proje
     With `out_path=None` the result stays in the cache and `report.out` says where (no copy).
     """
     import anndata as ad
-    import scvelo
 
     from stx.data.builtin import write_h5ad_atomic
 
@@ -110,8 +109,11 @@ def prepare_velocity(in_path: Path, embed_key: str, out_path: Path | None, proje
         if cached.resolve() != out_path.resolve():
             shutil.copyfile(cached, out_path)
         info = ad.read_h5ad(out_path, backed="r").uns[INFO_KEY]
+        # the scVelo that computed the cached velocity (importing scVelo, and so scanpy, costs ~3 s)
         return VelocityReport(str(out_path), key, str(info["projection"]), str(info["mode"]),
-                              time.perf_counter() - start, float(info["mean_confidence"]), True, scvelo.__version__)
+                              time.perf_counter() - start, float(info["mean_confidence"]), True, str(info["scvelo"]))
+
+    import scvelo
 
     adata = ad.read_h5ad(in_path)
     missing = [layer for layer in ("spliced", "unspliced") if layer not in adata.layers]

@@ -129,6 +129,44 @@ class EMAWeights(WeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(multi_avg_fn=partial(ema_update, decay=decay))
+        self.decay = decay
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._counters: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._copy_next = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        # Lightning's update (AveragedModel.update_parameters) walks the module tree for every
+        # parameter, averages the frozen backbone too and reads n_averaged on the host twice (a
+        # device sync per step on a GPU). Frozen parameters never move, so their average is
+        # themselves: only trainable parameters and floating buffers are averaged, through
+        # tensor lists made once per fit.
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def _update(self, pl_module: L.LightningModule) -> None:
+        average = self._average_model
+        assert average is not None
+        if self._pairs is None:
+            params = [(a, c) for a, c in zip(average.module.parameters(), pl_module.parameters(), strict=True)
+                      if c.requires_grad]
+            buffers = list(zip(average.module.buffers(), pl_module.buffers(), strict=True))
+            pairs = params + [(a, c) for a, c in buffers if c.is_floating_point()]
+            self._pairs = ([a.detach() for a, _ in pairs], [c.detach() for _, c in pairs])
+            # an integer buffer (a counter) has no average: the copy keeps the current value
+            self._counters = ([a for a, c in buffers if not c.is_floating_point()],
+                              [c for _, c in buffers if not c.is_floating_point()])
+            self._copy_next = int(average.n_averaged) == 0  # one host read per fit (a resumed run has n > 0)
+        averaged, current = self._pairs
+        if self._copy_next:
+            torch._foreach_copy_(averaged, current)
+            self._copy_next = False
+        else:
+            ema_update(averaged, current, average.n_averaged, self.decay)
+        if self._counters[0]:
+            torch._foreach_copy_(*self._counters)
+        average.n_averaged += 1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # the average is a deep copy of the module: leave out the data stream and metric buffer

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import anndata as ad
 import numpy as np
@@ -59,8 +61,20 @@ def test_second_run_comes_from_the_cache(demo_path, tmp_path):
     first = prepare_velocity(demo_path, "X_state", tmp_path / "a.h5ad")
     second = prepare_velocity(demo_path, "X_state", tmp_path / "b.h5ad")
     assert not first.cached and second.cached and second.seconds < 1.0
+    assert second.scvelo == first.scvelo  # the version that computed the cached velocity
     np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "a.h5ad").obsm["velocity_state"],
                                   ad.read_h5ad(tmp_path / "b.h5ad").obsm["velocity_state"])
+
+
+def test_a_cache_hit_does_not_import_scvelo(demo_path, tmp_path):
+    """scVelo, and scanpy with it, take seconds to import; a run whose velocity is cached
+    needs neither."""
+    prepare_velocity(demo_path, "X_state", tmp_path / "a.h5ad")
+    code = ("import sys; from pathlib import Path; from stx.data.velocity import prepare_velocity; "
+            f"r = prepare_velocity(Path({str(demo_path)!r}), 'X_state', None); assert r.cached, r; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scvelo', 'scanpy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_cli_velocity(demo_path, tmp_path):

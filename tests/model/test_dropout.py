@@ -58,7 +58,7 @@ def test_model_and_lora_layers_use_it() -> None:
     spec = ModelSpec(input_dim=8, output_dim=8, hidden_dim=16, pert_names=("a", "b"), dropout=0.1,
                      backbone={"intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 4})
-    model = apply_lora(StateTransition(spec), LoraConfig())
+    model = apply_lora(StateTransition(spec), LoraConfig(dropout=0.05))
     plain = [name for name, m in model.named_modules() if type(m) is nn.Dropout]
     assert plain == []
     assert sum(isinstance(m, Dropout) for m in model.modules()) >= 7 + 2

@@ -76,3 +76,42 @@ def test_no_average_keeps_the_last_step(tmp_path, demo_path):
     final = [p.detach() for p in system.model.parameters() if p.requires_grad]
     for got, raw in zip(final, recorder.steps[-1], strict=True):
         np.testing.assert_array_equal(got.numpy(), raw.numpy())
+
+
+def test_the_average_of_trainable_weights_equals_torchs_and_frozen_weights_are_not_touched():
+    """EMAWeights updates only trainable parameters and buffers; the parameters must come out
+    as torch's AveragedModel averages them (all of them), buffers as the same recursion, an
+    integer buffer copied."""
+    from functools import partial
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from stx.train.callbacks import EMAWeights, ema_decay_at, ema_update
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    model.register_buffer("scale", torch.ones(3))
+    model.register_buffer("count", torch.zeros((), dtype=torch.long))
+    callback = EMAWeights(0.5)
+    callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.5))
+    reference = AveragedModel(model, use_buffers=False, multi_avg_fn=partial(ema_update, decay=0.5))
+    frozen = [p.data_ptr() for p in callback._average_model.module[0].parameters()]
+    scale = None
+    for step in range(5):
+        with torch.no_grad():
+            model[1].weight.add_(torch.randn_like(model[1].weight))
+            model.scale.mul_(1.5)
+            model.count.add_(1)
+        d = float(ema_decay_at(torch.tensor(step), 0.5))
+        scale = model.scale.clone() if scale is None else d * scale + (1 - d) * model.scale
+        callback._update(model)
+        reference.update_parameters(model)
+        assert int(callback._average_model.n_averaged) == step + 1
+    got = callback._average_model.module
+    for mine, torchs in zip(got.parameters(), reference.module.parameters(), strict=True):
+        torch.testing.assert_close(mine, torchs)
+    torch.testing.assert_close(got.scale, scale)
+    assert int(got.count) == 5
+    assert not torch.allclose(got[1].weight, model[1].weight)  # an average, not the last step
+    assert [p.data_ptr() for p in got[0].parameters()] == frozen
