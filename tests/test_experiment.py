@@ -545,7 +545,8 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(workdir):
     import signal
 
     steps = ["--set", "trainer.max_steps=40", "--set", "trainer.checkpoint_every_n_steps=10",
-             "--set", "trainer.val_every_n_steps=10", "--set", "tracking.register_model=false", "--seed", "5"]
+             "--set", "trainer.val_every_n_steps=10", "--set", "tracking.register_model=false", "--seed", "5",
+             "--set", "model.lora.dropout=0.05"]  # random draws every step: the restored RNG state is checked
     base = [sys.executable, "-m", "stx", "run", "--variant", "lora", "--config", str(workdir / "config.toml"), *FAST]
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     client = _store(workdir)

@@ -145,9 +145,21 @@ class EMAWeights(WeightAveraging):
             self._update(pl_module)
             self._latest_update_step = trainer.global_step
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning makes the copy in `setup`, before the strategy moves the module to its
+        # device (and a module trained outside the strategy's move, e.g. a DDP worker's, may
+        # move later): keep the copy where the module is, as Lightning's default intends
+        if self._average_model is not None and self._device is None:
+            self._average_model.to(pl_module.device)
+        self._pairs = None  # lists are made at the first update, after any restore
+
     def _update(self, pl_module: L.LightningModule) -> None:
         average = self._average_model
         assert average is not None
+        if self._pairs is None and any(a.device != c.device for a, c in zip(
+                average.module.parameters(), pl_module.parameters(), strict=True)):
+            average.update_parameters(pl_module)  # an average kept on another device on purpose
+            return
         if self._pairs is None:
             params = [(a, c) for a, c in zip(average.module.parameters(), pl_module.parameters(), strict=True)
                       if c.requires_grad]

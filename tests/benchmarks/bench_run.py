@@ -92,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     store = (args.store or Path(tempfile.gettempdir()) / "stx-bench-run").resolve()
     store.mkdir(parents=True, exist_ok=True)
+    if args.repeat < 1:
+        raise SystemExit("--repeat: expected at least 1")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in GOAL_S]
     if unknown:

@@ -96,7 +96,8 @@ def test_the_average_of_trainable_weights_equals_torchs_and_frozen_weights_are_n
     callback = EMAWeights(0.5)
     callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.5))
     reference = AveragedModel(model, use_buffers=False, multi_avg_fn=partial(ema_update, decay=0.5))
-    frozen = [p.data_ptr() for p in callback._average_model.module[0].parameters()]
+    with torch.no_grad():  # a frozen weight the update must never write
+        callback._average_model.module[0].weight.fill_(7.0)
     scale = None
     for step in range(5):
         with torch.no_grad():
@@ -109,9 +110,36 @@ def test_the_average_of_trainable_weights_equals_torchs_and_frozen_weights_are_n
         reference.update_parameters(model)
         assert int(callback._average_model.n_averaged) == step + 1
     got = callback._average_model.module
-    for mine, torchs in zip(got.parameters(), reference.module.parameters(), strict=True):
+    for mine, torchs in zip(list(got.parameters())[1:], list(reference.module.parameters())[1:], strict=True):
         torch.testing.assert_close(mine, torchs)
     torch.testing.assert_close(got.scale, scale)
     assert int(got.count) == 5
     assert not torch.allclose(got[1].weight, model[1].weight)  # an average, not the last step
-    assert [p.data_ptr() for p in got[0].parameters()] == frozen
+    assert bool((got[0].weight == 7.0).all())  # frozen: never averaged, never copied
+    assert len(callback._pairs[0]) == 3  # the trainable weight and bias, the float buffer
+
+
+def test_a_resumed_average_goes_on_from_its_count():
+    """After a restore (n_averaged > 0) the first update averages; it does not copy."""
+    from functools import partial
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from stx.train.callbacks import EMAWeights, ema_update
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    callback = EMAWeights(0.9)
+    callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.9))
+    reference = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.9))
+    restored = {k: v + 1.0 if v.is_floating_point() else torch.tensor(40) for k, v in reference.state_dict().items()}
+    callback._average_model.load_state_dict(restored)
+    reference.load_state_dict(restored)
+    for _ in range(3):
+        with torch.no_grad():
+            model.weight.add_(torch.randn_like(model.weight))
+        callback._update(model)
+        reference.update_parameters(model)
+    assert int(callback._average_model.n_averaged) == 43
+    for mine, torchs in zip(callback._average_model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, torchs)
