@@ -12,10 +12,12 @@ DEFAULT_DIR = Path("mlruns")
 def probe_writable(folder: Path) -> None:
     """Create `folder` if needed and write a file in it (OSError if stx cannot): permissions,
     read-only mounts and full disks show up now, not after a run has trained."""
+    import tempfile
+
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / ".stx-write-test"
-    probe.touch()
-    probe.unlink()
+    # a name of its own: processes starting together in one folder must not delete each other's probe
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".stx-write-test-"):
+        pass
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:

@@ -59,3 +59,22 @@ def test_passwords_are_masked_whatever_they_contain(url, masked):
 
     assert mask_secrets(url) == masked
     assert mask_secrets(f"error: store {url} is not reachable") == f"error: store {masked} is not reachable"
+
+
+def test_processes_starting_together_do_not_trip_over_each_others_write_probe(tmp_path):
+    """Four `stx run` started at once in a fresh folder all probe `mlruns/`: one process's
+    probe must not be deleted by another (it was: one shared probe name)."""
+    import multiprocessing
+
+    folder = tmp_path / "mlruns"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        pool.map(_probe_many, [folder] * 4)
+    assert list(folder.iterdir()) == []  # no probe left behind
+
+
+def _probe_many(folder):
+    from stx.tracking.store import probe_writable
+
+    for _ in range(300):
+        probe_writable(folder)
