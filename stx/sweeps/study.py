@@ -73,20 +73,39 @@ def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
     from optuna.exceptions import ExperimentalWarning
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        # heartbeats are "experimental" in Optuna's words; Optuna >= 4.9 renamed the stale-trial
-        # hook, and older releases within our bounds have the old name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:
-                retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-            else:
-                retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
-            return storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60, **retry)
-    except Exception as err:
-        first = mask_secrets(str(err)).splitlines()[0][:200]
-        raise StxError(f"Optuna storage {mask_secrets(url)} is not reachable ({err.__class__.__name__}: {first}); "
-                       f"check --storage") from None
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            # heartbeats are "experimental" in Optuna's words; Optuna >= 4.9 renamed the stale-trial
+            # hook, and older releases within our bounds have the old name
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:
+                    retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+                else:
+                    retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+                return storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60,
+                                           **retry)
+        except Exception as err:
+            # Optuna creates its tables without a lock: two sweeps started together on a fresh
+            # database race, and the loser sees a duplicate type or table; by the next try the
+            # winner has made them and opening them is all that is left
+            if attempt + 1 < SCHEMA_RACE_TRIES and _schema_race(err):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = mask_secrets(str(err)).splitlines()[0][:200]
+            raise StxError(f"Optuna storage {mask_secrets(url)} is not reachable ({err.__class__.__name__}: "
+                           f"{first}); check --storage") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_RACE_TRIES = 5
+
+
+def _schema_race(err: BaseException) -> bool:
+    """True for the errors a concurrent first creation of Optuna's tables gives the loser."""
+    text = str(err)
+    return type(err).__name__ in {"IntegrityError", "ProgrammingError", "OperationalError"} and any(
+        sign in text for sign in ("already exists", "duplicate key", "UniqueViolation"))
 
 
 def make_sampler(name: str, seed: int):  # noqa: ANN201

@@ -173,3 +173,37 @@ def test_a_trial_registered_twice_keeps_its_first_version(tmp_path):
     assert _one_version_per_run(registry, "stx-tiny", run.run_id, first) == first  # the first worker keeps its own
     assert _one_version_per_run(registry, "stx-tiny", run.run_id, second) == first
     assert [v.version for v in registry.search_model_versions("name = 'stx-tiny'")] == [int(first)]
+
+
+def test_a_sweep_that_loses_the_race_to_create_optunas_tables_opens_them(monkeypatch, tmp_path):
+    """Two sweeps started together on a fresh database: Optuna creates its tables without a
+    lock and the loser gets a duplicate-key error (seen on PostgreSQL); it must open the
+    winner's tables, while any other error stays a one-line StxError."""
+    import optuna
+
+    from stx.errors import StxError
+    from stx.sweeps.study import make_storage
+
+    class IntegrityError(Exception):
+        pass
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError('duplicate key value violates unique constraint "pg_type_typname_nsp_index"')
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr("stx.sweeps.study.time.sleep", lambda s: None)
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+
+    def broken(*args, **kwargs):
+        raise IntegrityError("some other constraint")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    with pytest.raises(StxError, match="not reachable"):
+        make_storage(f"sqlite:///{tmp_path / 'other.db'}")
