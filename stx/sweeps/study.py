@@ -65,6 +65,9 @@ def default_storage() -> str:
     return f"sqlite:///{root / 'optuna.db'}"
 
 
+SCHEMA_RACE_TRIES = 5  # opens of Optuna's storage while another process may be creating its tables
+
+
 def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
     """Optuna RDB storage with heartbeats: trials of a dead worker are failed and retried once."""
     import inspect
@@ -73,7 +76,9 @@ def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
     from optuna.exceptions import ExperimentalWarning
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(SCHEMA_RACE_TRIES):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             # heartbeats are "experimental" in Optuna's words; Optuna >= 4.9 renamed the stale-trial
             # hook, and older releases within our bounds have the old name
@@ -89,16 +94,12 @@ def make_storage(url: str):  # noqa: ANN201 - optuna.storages.RDBStorage
             # Optuna creates its tables without a lock: two sweeps started together on a fresh
             # database race, and the loser sees a duplicate type or table; by the next try the
             # winner has made them and opening them is all that is left
-            if attempt + 1 < SCHEMA_RACE_TRIES and _schema_race(err):
-                time.sleep(0.5 * (attempt + 1))
+            if attempt < SCHEMA_RACE_TRIES and _schema_race(err):
+                time.sleep(0.5 * attempt)
                 continue
             first = mask_secrets(str(err)).splitlines()[0][:200]
             raise StxError(f"Optuna storage {mask_secrets(url)} is not reachable ({err.__class__.__name__}: "
                            f"{first}); check --storage") from None
-    raise AssertionError("unreachable")
-
-
-SCHEMA_RACE_TRIES = 5
 
 
 def _schema_race(err: BaseException) -> bool:

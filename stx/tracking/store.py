@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 DEFAULT_DIR = Path("mlruns")
@@ -12,8 +13,6 @@ DEFAULT_DIR = Path("mlruns")
 def probe_writable(folder: Path) -> None:
     """Create `folder` if needed and write a file in it (OSError if stx cannot): permissions,
     read-only mounts and full disks show up now, not after a run has trained."""
-    import tempfile
-
     folder.mkdir(parents=True, exist_ok=True)
     # a name of its own: processes starting together in one folder must not delete each other's probe
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".stx-write-test-"):

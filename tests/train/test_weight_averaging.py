@@ -82,20 +82,14 @@ def test_the_average_of_trainable_weights_equals_torchs_and_frozen_weights_are_n
     """EMAWeights updates only trainable parameters and buffers; the parameters must come out
     as torch's AveragedModel averages them (all of them), buffers as the same recursion, an
     integer buffer copied."""
-    from functools import partial
-
-    from torch.optim.swa_utils import AveragedModel
-
-    from stx.train.callbacks import EMAWeights, ema_decay_at, ema_update
+    from stx.train.callbacks import ema_decay_at
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     model[0].requires_grad_(False)
     model.register_buffer("scale", torch.ones(3))
     model.register_buffer("count", torch.zeros((), dtype=torch.long))
-    callback = EMAWeights(0.5)
-    callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.5))
-    reference = AveragedModel(model, use_buffers=False, multi_avg_fn=partial(ema_update, decay=0.5))
+    callback, reference = _callback_and_torchs(model, 0.5, torch_buffers=False)
     with torch.no_grad():  # a frozen weight the update must never write
         callback._average_model.module[0].weight.fill_(7.0)
     scale = None
@@ -121,17 +115,9 @@ def test_the_average_of_trainable_weights_equals_torchs_and_frozen_weights_are_n
 
 def test_a_resumed_average_goes_on_from_its_count():
     """After a restore (n_averaged > 0) the first update averages; it does not copy."""
-    from functools import partial
-
-    from torch.optim.swa_utils import AveragedModel
-
-    from stx.train.callbacks import EMAWeights, ema_update
-
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    callback = EMAWeights(0.9)
-    callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.9))
-    reference = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=0.9))
+    callback, reference = _callback_and_torchs(model, 0.9)
     restored = {k: v + 1.0 if v.is_floating_point() else torch.tensor(40) for k, v in reference.state_dict().items()}
     callback._average_model.load_state_dict(restored)
     reference.load_state_dict(restored)
@@ -143,3 +129,17 @@ def test_a_resumed_average_goes_on_from_its_count():
     assert int(callback._average_model.n_averaged) == 43
     for mine, torchs in zip(callback._average_model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine, torchs)
+
+
+def _callback_and_torchs(model: torch.nn.Module, decay: float, torch_buffers: bool = True):
+    """An EMAWeights holding its copy of `model`, and torch's AveragedModel of it with the same
+    update rule (averaging buffers too unless `torch_buffers` is False)."""
+    from functools import partial
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from stx.train.callbacks import EMAWeights, ema_update
+
+    callback = EMAWeights(decay)
+    callback._average_model = AveragedModel(model, use_buffers=True, multi_avg_fn=partial(ema_update, decay=decay))
+    return callback, AveragedModel(model, use_buffers=torch_buffers, multi_avg_fn=partial(ema_update, decay=decay))
