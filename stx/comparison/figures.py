@@ -167,7 +167,7 @@ def group_heatmaps(groups: dict[str, pd.DataFrame], metric: str, out: Path, subt
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=METRIC_LABELS.get(metric, metric))
     fig.suptitle(with_subtitle(f"{metric} per held-out group (cell type x time point)",
                                subtitle or "every run of each variant, mean over its seeds"))
-    fig.savefig(out, bbox_inches="tight")
+    fig.savefig(out)  # constrained layout already fits the labels: a tight bbox would draw it twice
     plt.close(fig)
     return out
 
