@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from stx.comparison.tables import metric_columns
-from stx.evaluate.plots import CONDITION_COLORS, UNITS, _figure, project_2d, with_subtitle
+from stx.evaluate.plots import CONDITION_COLORS, UNITS, project_2d, pyplot, with_subtitle
 
 # Okabe-Ito (colourblind-safe), one fixed colour per variant: the same in every compare whichever
 # rows are present; sky blue is left to predicted cells (CONDITION_COLORS) and black to real ones
@@ -73,7 +73,7 @@ def curves(histories: dict[str, dict[str, list[tuple[int, float]]]], keys: list[
            log_y: bool = False, hline: tuple[float, str] | None = None, subtitle: str | None = None) -> Path:
     """One line per (row, key): {row: {key: [(step, value)]}}; `subtitle` says which runs
     (the caller's title may say it instead)."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     colors = row_colors(list(histories))
     for name, history in histories.items():
@@ -105,7 +105,7 @@ def metric_bars(table: pd.DataFrame, out: Path, subtitle: str | None = None) -> 
     """A panel per metric: a bar per row with its 95% interval; references hatched. A variant's
     tick says how many runs it pools; `subtitle` replaces the default line on the runs shown."""
     metrics = metric_columns(table)
-    plt = _figure()
+    plt = pyplot()
     nrows, cols = _grid(len(metrics), 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4.6 * nrows), dpi=110, squeeze=False)
     ticks = [f"{r} ({int(n)} run{'s' if int(n) != 1 else ''})" if kind == "variant" and pd.notna(n) else str(r)
@@ -140,7 +140,7 @@ def metric_bars(table: pd.DataFrame, out: Path, subtitle: str | None = None) -> 
 def group_heatmaps(groups: dict[str, pd.DataFrame], metric: str, out: Path, subtitle: str | None = None) -> Path:
     """Cell type x time heatmap of one metric, a panel per row (references included), wrapped
     four to a line; `subtitle` replaces the default line on the runs shown."""
-    plt = _figure()
+    plt = pyplot()
     n = max(1, len(groups))
     nrows, cols = _grid(n)
     days = max([f["day"].nunique() for f in groups.values() if "day" in f] or [1])
@@ -185,7 +185,7 @@ def prediction_grid(real_control: np.ndarray, real_perturbed: np.ndarray, predic
     parts = [pick(real_control), pick(real_perturbed)] + [pick(p) for p in predicted.values()]
     xy, axis = project_2d(np.concatenate(parts), method, seed)
     bounds = np.cumsum([0, *map(len, parts)])
-    plt = _figure()
+    plt = pyplot()
     n = max(1, len(predicted))
     nrows, cols = _grid(n, 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4.8 * nrows), dpi=110, squeeze=False)
@@ -232,7 +232,7 @@ def trajectories(shifts: dict[str, dict[tuple[str, str], np.ndarray]], real: dic
         return (v - centre) @ basis
 
     colors = row_colors(list(shifts))
-    plt = _figure()
+    plt = pyplot()
     nrows, cols = _grid(len(cell_types), 3)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4.6 * nrows), dpi=110, squeeze=False)
     for ax, cell_type in zip(axes.flat, cell_types, strict=False):

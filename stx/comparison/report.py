@@ -259,7 +259,9 @@ def newest_run(row: Row) -> RunRecord | None:
 
 def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path, projection: str) -> None:  # noqa: ANN001
     from stx.comparison.render import draw_all
+    from stx.evaluate.plots import pyplot
 
+    pyplot()  # imported once, here: the forked workers share it
     shown = {row.name: run for row in rows if (run := newest_run(row)) is not None}
     histories = {name: {k: [(m.step, m.value) for m in client.get_metric_history(r.run_id, k)] for k in HISTORY_KEYS}
                  for name, r in shown.items()}

@@ -31,7 +31,8 @@ def projection_for(setting: str, dims: int) -> str:
     return "pca" if dims <= 100 else "umap"
 
 
-def _figure():
+def pyplot():  # noqa: ANN201 - the matplotlib.pyplot module
+    """matplotlib.pyplot, drawing off screen (Agg) at stx's font sizes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +51,7 @@ def plot_curves(history: dict[str, list[tuple[int, float]]], keys: list[str], ou
                 log_y: bool = False, hline: tuple[float, str] | None = None, subtitle: str | None = None) -> Path:
     """Line plot of metric histories (missing keys are skipped); `hline` = (value, label);
     `subtitle` (e.g. "run 1a2b3c4d, seed 0") names the run drawn."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=110)
     drawn = 0
     for key in keys:
@@ -111,7 +112,7 @@ def plot_real_vs_predicted(control: np.ndarray, real: np.ndarray, pred: np.ndarr
     xy, axis = project_2d(np.concatenate([x[p] for x, p in zip((control, real, pred), picks, strict=True)]),
                           method, seed)
     bounds = np.cumsum([0, *map(len, picks)])
-    plt = _figure()
+    plt = pyplot()
     n = 1 + len(labels)
     cols = min(n, 3)  # wrapped: never a strip too wide to read at half size
     fig, axes = plt.subplots(-(-n // cols), cols, figsize=(5 * cols, 4.6 * -(-n // cols)), dpi=110, squeeze=False)

@@ -23,16 +23,21 @@ from stx.variants import resolve_variant
 
 
 class Clock(L.Callback):
-    """Timestamps of every optimizer step's end."""
+    """Wall and CPU (this process, every thread) timestamps of every optimizer step's end."""
 
     def __init__(self):
         self.times: list[float] = []
+        self.cpu: list[float] = []
 
     def on_train_batch_end(self, *args, **kwargs):
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def median_step(self, skip: int = 5) -> float:
         return statistics.median(np.diff(self.times[skip:]))
+
+    def median_cpu(self, skip: int = 5) -> float:
+        return statistics.median(np.diff(self.cpu[skip:]))
 
 
 def random_checkpoint(out: Path, hidden: int, layers: int, heads: int, mlp: int) -> Path:
@@ -68,6 +73,12 @@ def model_for(cfg: Config, table: CellTable, variant: str) -> torch.nn.Module:
 def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Path,
               sink=None, monitor: bool = False) -> float:
     """Median step time (s) of one training run of `variant`."""
+    return timed_fit_cpu(cfg, table, split, variant, out, sink, monitor)[0]
+
+
+def timed_fit_cpu(cfg: Config, table: CellTable, split: Split, variant: str, out: Path,
+                  sink=None, monitor: bool = False) -> tuple[float, float]:
+    """Median wall and CPU time (s) of a step of one training run of `variant`."""
     from stx.data.covariates import plan_covariates
     from stx.train.sets import SetSource
 
@@ -78,7 +89,7 @@ def timed_fit(cfg: Config, table: CellTable, split: Split, variant: str, out: Pa
     fit(system, table, split, cfg.trainer, out, progress=False, monitor=monitor, extra_callbacks=(clock,),
         source=SetSource(covariates=plan_covariates(table, cfg)))
     buffer.close(timeout=60)
-    return clock.median_step()
+    return clock.median_step(), clock.median_cpu()
 
 
 def activation_bytes(cfg: Config, table: CellTable, split: Split, variant: str) -> int:
