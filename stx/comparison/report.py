@@ -279,6 +279,7 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
                                f"global gradient norm before clipping ({note})", log_y=True,
                                hline=(clip, f"clipping threshold {clip:g}") if clip else None),
     ]
+    here = []  # drawn by this process, not a forked worker
     if shown:
         # read here, before any worker starts: downloads share the parent's connections
         try:
@@ -286,12 +287,16 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
         except StxError as err:
             log.warning("cell-level figures not drawn: %s", err)
         else:
-            draws[1:1] = [
-                lambda: figures.prediction_grid(control, perturbed, predicted, out / f"cells_{method}.png",
-                                                method=method),
-                lambda: figures.trajectories(shifts, real_shift, out / "trajectories.png"),
-            ]
-    draw_all(draws)
+            def grid() -> None:
+                figures.prediction_grid(control, perturbed, predicted, out / f"cells_{method}.png", method=method)
+
+            # UMAP runs numba's OpenMP, which aborts in a child forked from a process that used it
+            draws[1:1] = [lambda: figures.trajectories(shifts, real_shift, out / "trajectories.png")]
+            if method == "umap":
+                here.append(grid)
+            else:
+                draws.insert(1, grid)
+    draw_all(draws, here=here)
 
 
 def _cells(shown: dict[str, RunRecord], tmp: Path, projection: str):
