@@ -269,19 +269,9 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
     clips = {float(r.params.get("trainer.grad_clip", 0) or 0) for r in shown.values()}
     clip = clips.pop() if len(clips) == 1 else 0.0
 
-    draws = [  # the costliest first (500 runs, 2 cores: 1.5, 1.1, 1.1, 0.8, 0.7 and 0.5 s)
-        lambda: figures.group_heatmaps({r.name: r.groups for r in rows}, "energy_ratio",
-                                       out / "energy_ratio_heatmap.png"),
-        lambda: figures.metric_bars(table, out / "metric_bars.png"),
-        lambda: figures.curves(histories, ["train/energy_loss", "val/energy_loss"], out / "loss_curves.png",
-                               f"energy loss ({note}; dashed: validation)"),
-        lambda: figures.curves(histories, ["grad_norm/global"], out / "grad_norm_curves.png",
-                               f"global gradient norm before clipping ({note})", log_y=True,
-                               hline=(clip, f"clipping threshold {clip:g}") if clip else None),
-    ]
-    here = []  # drawn by this process, not a forked worker
+    cells, here = [], []  # here: drawn by this process, not by a forked worker
     if shown:
-        # read here, before any worker starts: downloads share the parent's connections
+        # read before any worker starts: downloads share the parent's connections
         try:
             control, perturbed, real_shift, predicted, shifts, method = _cells(shown, tmp, projection)
         except StxError as err:
@@ -291,11 +281,19 @@ def _figures(client, rows: list[Row], table: pd.DataFrame, tmp: Path, out: Path,
                 figures.prediction_grid(control, perturbed, predicted, out / f"cells_{method}.png", method=method)
 
             # UMAP runs numba's OpenMP, which aborts in a child forked from a process that used it
-            draws[1:1] = [lambda: figures.trajectories(shifts, real_shift, out / "trajectories.png")]
-            if method == "umap":
-                here.append(grid)
-            else:
-                draws.insert(1, grid)
+            (here if method == "umap" else cells).append(grid)
+            cells.append(lambda: figures.trajectories(shifts, real_shift, out / "trajectories.png"))
+    draws = [  # the costliest first (500 runs, 2 cores: 1.5, 1.1, 1.1, 0.8, 0.7 and 0.5 s)
+        lambda: figures.group_heatmaps({r.name: r.groups for r in rows}, "energy_ratio",
+                                       out / "energy_ratio_heatmap.png"),
+        *cells,
+        lambda: figures.metric_bars(table, out / "metric_bars.png"),
+        lambda: figures.curves(histories, ["train/energy_loss", "val/energy_loss"], out / "loss_curves.png",
+                               f"energy loss ({note}; dashed: validation)"),
+        lambda: figures.curves(histories, ["grad_norm/global"], out / "grad_norm_curves.png",
+                               f"global gradient norm before clipping ({note})", log_y=True,
+                               hline=(clip, f"clipping threshold {clip:g}") if clip else None),
+    ]
     draw_all(draws, here=here)
 
 
