@@ -7,9 +7,9 @@ decoder layer with branch F computes
 
 with H_pre = sigmoid(.) and H_post = 2 sigmoid(.) (non-negative, 1 x n) and H_res projected
 onto the doubly stochastic matrices (Sinkhorn-Knopp on exp of its logits, or exactly as a
-convex combination of permutation matrices, "birkhoff"). The HF Llama layer adds its own
-residual, so its branch is F(h) = layer(h) - h, computed in fp32 (under bf16 the
-cancellation error would be ~2^-8 |h|).
+convex combination of permutation matrices, "birkhoff"). A Llama layer adds its own
+residual in its `forward`; mHC calls its `branch` instead, F(h) = layer(h) - h computed
+without the residual (no cancellation under bf16), and carries F in fp32.
 
 Identity at initialisation (so a pretrained ST computes exactly what it did): streams
 start as copies of h and are averaged at the end; any doubly stochastic H_res maps copies
@@ -19,10 +19,10 @@ and mHC collapses to a plain residual. Dynamic (input-dependent) coefficients ad
 alpha * (RMSNorm(vec X) @ phi) with phi = 0 and alpha = 0.01 at init (the paper's gate),
 no tanh.
 
-The unmodified HF layer loop carries the streams between layers (it only hands each layer's
-output to the next): static mixing as [n, B, S, C], stream-major, so that mixing is one
-matrix product; dynamic mixing token-major, packed in the features ([B, S, n*C]), for the
-per-token products. Masks and position embeddings are computed once for [B, S] as before.
+The backbone's unmodified layer loop carries the streams between layers (it only hands each
+layer's output to the next): static mixing as [n, B, S, C], stream-major, so that mixing is
+one matrix product; dynamic mixing token-major, packed in the features ([B, S, n*C]), for
+the per-token products.
 """
 
 from __future__ import annotations
@@ -222,19 +222,17 @@ class MHCLayer(nn.Module):
         self.first, self.last = layer_index == 0, layer_index == n_layers - 1
         self.last_h_res: torch.Tensor | None = None
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):  # noqa: ANN201 - HF's layer API
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shared = self.mhc.__dict__.get("shared")
         if shared is not None:
-            return self._forward_static(hidden_states, shared, *args, **kwargs)
-        return self._forward_dynamic(hidden_states, *args, **kwargs)
+            return self._forward_static(hidden_states, shared)
+        return self._forward_dynamic(hidden_states)
 
-    def _branch(self, x_in: torch.Tensor, dtype: torch.dtype, *args, **kwargs) -> tuple[torch.Tensor, tuple]:
-        """F(h) = layer(h) - h in fp32, and what the layer returns beyond its hidden states."""
-        out = self.block(x_in.to(dtype), *args, **kwargs)
-        y, rest = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
-        return y.float() - x_in, rest
+    def _branch(self, x_in: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """F(h) = layer(h) - h, in fp32."""
+        return self.block.branch(x_in.to(dtype)).float()
 
-    def _forward_static(self, hidden_states: torch.Tensor, shared: StaticMixing, *args, **kwargs):
+    def _forward_static(self, hidden_states: torch.Tensor, shared: StaticMixing) -> torch.Tensor:
         """Static mixing with the streams stream-major, [n, B, S, C] between layers: reading them
         is then one plain matrix product [n + 1, n] x [n, B*S*C] (a token-major layout needs a
         transpose copy or a batch of tiny products, 4-10x slower forward and backward)."""
@@ -251,16 +249,14 @@ class MHCLayer(nn.Module):
             x = hidden_states.float()
             both = (read @ x.reshape(self.n, -1)).view(self.n + 1, *x.shape[1:])
         x_in, mixed = both[0], both[1:]
-        branch, rest = self._branch(x_in, shared.dtype, *args, **kwargs)
+        branch = self._branch(x_in, shared.dtype)
         x_next = torch.addcmul(mixed, h_post.view(-1, *([1] * branch.dim())), branch)  # one pass, not mul then add
         if self.last:
             shared.release()
-            h = x_next.mean(0).to(shared.dtype)
-        else:
-            h = x_next.to(shared.dtype)
-        return (h, *rest) if rest else h
+            return x_next.mean(0).to(shared.dtype)
+        return x_next.to(shared.dtype)
 
-    def _forward_dynamic(self, hidden_states: torch.Tensor, *args, **kwargs):
+    def _forward_dynamic(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Per-token mixing, the streams token-major and packed in the features ([B, S, n*C])."""
         b, s = hidden_states.shape[:2]
         if self.first:
@@ -275,14 +271,13 @@ class MHCLayer(nn.Module):
         else:  # a batch of [n + 1, n] x [n, C] products: 4-10x faster than broadcast-multiply-and-sum
             both = torch.matmul(read, x)
         x_in, mixed = both[..., 0, :], both[..., 1:, :]
-        branch, rest = self._branch(x_in, hidden_states.dtype, *args, **kwargs)
+        branch = self._branch(x_in, hidden_states.dtype)
         x_next = torch.addcmul(mixed, h_post[..., None], branch[..., None, :])
-        h = (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
-        return (h, *rest) if rest else h
+        return (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
 
 
 def apply_mhc(backbone: nn.Module, cfg: MhcConfig) -> list[MHCLayer]:
-    """Wrap every decoder layer of an HF Llama backbone in place; returns the wrappers."""
+    """Wrap every decoder layer of the backbone in place; returns the wrappers."""
     layers = backbone.layers
     width = backbone.config.hidden_size
     wrapped = [MHCLayer(layer, i, len(layers), width, cfg) for i, layer in enumerate(layers)]

@@ -6,7 +6,7 @@ geomloss. Per set of S control cells:
 
     h   = basal_encoder(ctrl) + pert_encoder(one_hot(pert)) [+ batch_encoder(batch)]
           [+ sum_k covariate_encoders[k](covariate_k)]                                   [B, S, H]
-    r   = backbone(h)        (Llama, no rotary embedding, every cell attends to every cell)
+    r   = backbone(h)        (Llama layers, no positions: every cell attends to every cell)
     out = project_out(r + basal_encoder(ctrl))   if predict_residual else project_out(r)  [B, S, D]
     [+ g * (ctrl - project_out(basal_encoder(ctrl)))]                                    (cell skip)
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from stx.data import keys
+from stx.model.backbone import build_backbone
 from stx.model.dropout import Dropout
 
 # The gate is stored divided by this, so that at fine-tuning learning rates (Adam moves a
@@ -121,33 +122,6 @@ def build_mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, dropout
     return nn.Sequential(*layers)
 
 
-class NoRoPE(nn.Module):
-    """Rotary embedding that does nothing (cos = 1, sin = 0): a set has no order."""
-
-    def __init__(self, head_dim: int):
-        super().__init__()
-        self.head_dim = head_dim
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s = x.shape[:2]
-        return x.new_ones(b, s, self.head_dim), x.new_zeros(b, s, self.head_dim)
-
-
-def build_backbone(kwargs: dict[str, Any], hidden_dim: int) -> nn.Module:
-    """A transformers `LlamaModel` without rotary embedding and with zeroed token embeddings."""
-    from transformers import LlamaConfig, LlamaModel
-
-    allowed = set(LlamaConfig().to_dict()) - {"hidden_size"}
-    config = LlamaConfig(**{k: v for k, v in kwargs.items() if k in allowed}, hidden_size=hidden_dim)
-    config.use_cache = False
-    model = LlamaModel(config)
-    model.rotary_emb = NoRoPE(config.head_dim or hidden_dim // config.num_attention_heads)
-    model.embed_tokens.weight.requires_grad_(False)
-    with torch.no_grad():
-        model.embed_tokens.weight.zero_()
-    return model
-
-
 class StateTransition(nn.Module):
     """ST over cell sets. `forward(batch)` returns predicted perturbed embeddings [B, S, D]."""
 
@@ -196,10 +170,7 @@ class StateTransition(nn.Module):
             covariates = batch[keys.COVARIATES]
             for k, encoder in enumerate(self.covariate_encoders):
                 seq = seq + encoder(covariates[..., k])
-        # an all-zero additive 4-D mask makes attention bidirectional in every transformers
-        # version (arc-state's `_update_causal_mask` override no longer exists in 5.x)
-        mask = seq.new_zeros(b, 1, s, s)
-        hidden = self.transformer_backbone(inputs_embeds=seq, attention_mask=mask).last_hidden_state
+        hidden = self.transformer_backbone(seq)
         out = self.project_out(hidden + basal if self.spec.predict_residual else hidden)
         if self.skip_gate is not None:
             out = out + SKIP_SCALE * self.skip_gate * (ctrl - self.project_out(basal))

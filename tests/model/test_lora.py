@@ -59,3 +59,71 @@ def test_merge_folds_adapters_in():
 def test_unknown_target_module():
     with pytest.raises(StxError, match="model.lora.target_modules: qkv_proj not in the backbone"):
         apply_lora(tiny(), LoraConfig(target_modules=("qkv_proj",)))
+
+
+def _lora_layers(model):
+    from peft.tuners.lora.layer import Linear
+
+    return [m for m in model.modules() if isinstance(m, Linear)]
+
+
+def _away_from_init(model):
+    with torch.no_grad():  # B = 0 at init would hide a wrong adapter product
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.3 * torch.randn_like(param))
+
+
+def test_merged_forward_equals_peft_and_its_gradients(monkeypatch):
+    import stx.model.lora as lora_module
+    from peft.tuners.lora.layer import Linear
+
+    torch.manual_seed(0)
+    model = tiny().train()
+    apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    freeze_for_finetuning(model)
+    _away_from_init(model)
+    layers = _lora_layers(model)
+    assert all(type(m) is not Linear for m in layers)  # every adapted layer got the merged forward
+
+    def run():
+        model.zero_grad()
+        x = batch()
+        out = model(x)
+        out.square().mean().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    calls = []
+    rule = lora_module.merged_is_cheaper
+    monkeypatch.setattr(lora_module, "merged_is_cheaper", lambda *a: calls.append(a) or rule(*a))
+    merged_out, merged_grads = run()
+    assert calls and all(rule(*a) for a in calls)  # the tiny model's layers all merge
+    for module in layers:
+        module.__class__ = Linear  # peft's own forward
+    peft_out, peft_grads = run()
+    torch.testing.assert_close(merged_out, peft_out, atol=1e-5, rtol=1e-5)
+    assert merged_grads.keys() == peft_grads.keys() and any("lora_A" in n for n in merged_grads)
+    for name in peft_grads:
+        torch.testing.assert_close(merged_grads[name], peft_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_merged_forward_only_where_it_is_cheaper():
+    from stx.model.lora import merged_is_cheaper
+
+    assert merged_is_cheaper(256, 128, 128, 16)  # the demo's attention projections (8 sets x 32 cells)
+    assert not merged_is_cheaper(1024, 672, 672, 16)  # state_sm's: the full weight gradient costs more
+    assert not merged_is_cheaper(4096, 1440, 4416, 16)  # ST-Tahoe's MLP
+
+
+def test_lora_dropout_in_training_takes_peft_path():
+    torch.manual_seed(0)
+    model = tiny().train()
+    apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.5))
+    _away_from_init(model)
+    x = batch()
+    torch.manual_seed(1)
+    first = model(x)
+    torch.manual_seed(2)
+    assert (model(x) - first).abs().max() > 1e-4  # the adapters' inputs were dropped (merging cannot drop)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))

@@ -150,8 +150,6 @@ def _reference_backbone(model, layers, inputs_embeds):
     """The mHC equations written out stream by stream: X' = H_res X + H_post^T F(H_pre X)."""
     backbone = model.transformer_backbone
     b, s, _ = inputs_embeds.shape
-    mask = inputs_embeds.new_zeros(b, 1, s, s)
-    pos = backbone.rotary_emb(inputs_embeds, None)
     streams = [inputs_embeds.float()] * layers[0].n
     for layer in layers:
         x = torch.stack(streams, -2)  # [B, S, n, C]
@@ -160,8 +158,7 @@ def _reference_backbone(model, layers, inputs_embeds):
         h_pre, h_post = h_pre.expand(b, s, -1), h_post.expand(b, s, -1)
         h_res = h_res.expand(b, s, -1, -1)
         x_in = sum(h_pre[..., j, None] * streams[j] for j in range(layer.n))
-        y = layer.block(x_in, attention_mask=mask, position_embeddings=pos)
-        branch = (y[0] if isinstance(y, tuple) else y) - x_in
+        branch = layer.block(x_in) - x_in  # the whole layer, residual included (mHC calls its branch)
         streams = [sum(h_res[..., i, j, None] * streams[j] for j in range(layer.n)) + h_post[..., i, None] * branch
                    for i in range(layer.n)]
     return backbone.norm(torch.stack(streams, -2).mean(-2))
@@ -177,7 +174,7 @@ def test_mixing_equals_the_equations_written_stream_by_stream(dynamic):
             for param in layer.mhc.parameters():
                 param.add_(0.5 * torch.randn_like(param))
     seq = torch.randn(2, 5, model.spec.hidden_dim, requires_grad=True)
-    got = model.transformer_backbone(inputs_embeds=seq, attention_mask=seq.new_zeros(2, 1, 5, 5)).last_hidden_state
+    got = model.transformer_backbone(seq)
     if not dynamic:
         layers[0].mhc.__dict__["shared"].refresh()
     want = _reference_backbone(model, layers, seq)
