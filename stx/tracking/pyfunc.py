@@ -97,18 +97,18 @@ def signature(package: InferencePackage):
 
 
 # The third-party distributions that loading and predicting import (stx.tracking.pyfunc,
-# stx.evaluate.inference and .predict, stx.model.package, .st, .checkpoint and .mhc,
+# stx.evaluate.inference and .predict, stx.model.package, .st, .backbone, .checkpoint and .mhc,
 # stx.data.load, stx.config); tests/tracking/test_serve.py checks the list against the
 # imports of a real load and predict. Their own dependencies come with them.
-SERVING_DEPENDENCIES = ("numpy", "pandas", "pydantic", "scipy", "torch", "transformers")
+SERVING_DEPENDENCIES = ("numpy", "pandas", "pydantic", "scipy", "torch")
 
 # The modules of stx that loading and predicting import (the same test checks it): the
 # model's copy of stx is these files only, each one an upload to the artifact store.
 SERVED_MODULES = ("__init__.py", "errors.py", "config.py",
                   "data/__init__.py", "data/keys.py", "data/covariates.py", "data/load.py", "data/split.py",
                   "evaluate/__init__.py", "evaluate/design.py", "evaluate/inference.py", "evaluate/predict.py",
-                  "model/__init__.py", "model/st.py", "model/dropout.py", "model/package.py", "model/checkpoint.py",
-                  "model/mhc.py",
+                  "model/__init__.py", "model/st.py", "model/backbone.py", "model/dropout.py", "model/package.py",
+                  "model/checkpoint.py", "model/mhc.py",
                   "tracking/__init__.py", "tracking/pyfunc.py")
 
 

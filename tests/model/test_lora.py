@@ -75,8 +75,9 @@ def _away_from_init(model):
 
 
 def test_merged_forward_equals_peft_and_its_gradients(monkeypatch):
-    import stx.model.lora as lora_module
     from peft.tuners.lora.layer import Linear
+
+    import stx.model.lora as lora_module
 
     torch.manual_seed(0)
     model = tiny().train()
