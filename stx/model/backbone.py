@@ -18,6 +18,7 @@ changes between transformers releases (arc-state's mask override stopped working
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from stx.errors import StxError
 # transformers' names for the MLP activation (`hidden_act`), as its ACT2FN computes them
 ACTIVATIONS = {
     "silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": partial(F.gelu, approximate="tanh"), "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
 }
 
 
@@ -52,15 +53,19 @@ class BackboneConfig:
     vocab_size: int = 32000
 
     def __post_init__(self) -> None:
+        for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise StxError(f"backbone {key}: expected a positive integer, got {value!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.hidden_act not in ACTIVATIONS:
-            raise StxError(f"checkpoint backbone hidden_act: {self.hidden_act!r} is not supported; "
+            raise StxError(f"backbone hidden_act: {self.hidden_act!r} is not supported; "
                            f"expected one of {', '.join(ACTIVATIONS)}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise StxError(f"checkpoint backbone: num_attention_heads {self.num_attention_heads} is not a "
+            raise StxError(f"backbone num_attention_heads: {self.num_attention_heads} is not a "
                            f"multiple of num_key_value_heads {self.num_key_value_heads}")
 
     @classmethod
@@ -107,8 +112,11 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.kv_heads != self.heads:  # grouped-query: query head i reads key/value head i // group (as Llama)
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                             scale=self.head_dim ** -0.5, enable_gqa=self.kv_heads != self.heads)
+                                             scale=self.head_dim ** -0.5)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, self.heads * self.head_dim))
 
 

@@ -76,7 +76,9 @@ def _lora_linear() -> type:
         def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
             base = self.get_base_layer()
-            if (args or kwargs or name not in self.lora_A or name in self.lora_variant or self.disable_adapters
+            if (args or kwargs or name not in self.lora_A or self.disable_adapters
+                    or name in getattr(self, "lora_variant", {})  # DoRA and other variants (peft >= 0.15)
+                    or getattr(self, "use_dora", {}).get(name, False) or self.lora_B[name].bias is not None
                     or self.merged or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
                     or (self.training and getattr(self.lora_dropout[name], "p", 0.0) > 0)):
                 return super().forward(x, *args, **kwargs)
@@ -86,7 +88,15 @@ def _lora_linear() -> type:
                 return super().forward(x, *args, **kwargs)
             return nn.functional.linear(x, torch.addmm(base.weight, b, a, alpha=self.scaling[name]), base.bias)
 
+    # picklable (a `ddp_spawn` strategy pickles the model): found through this module's __getattr__
+    MergedForwardLinear.__module__, MergedForwardLinear.__qualname__ = __name__, "MergedForwardLinear"
     return MergedForwardLinear
+
+
+def __getattr__(name: str) -> type:
+    if name == "MergedForwardLinear":  # built on first use: importing peft costs seconds
+        return _lora_linear()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def use_merged_forward(model: nn.Module) -> nn.Module:

@@ -77,6 +77,14 @@ def test_config_defaults_are_llamas():
             assert theirs[key] == value, key
 
 
+def test_backbone_pickles():  # a ddp_spawn strategy pickles the model
+    import pickle
+
+    ours = build_backbone({**KWARGS, "hidden_act": "gelu_new"}, 32)
+    x = torch.randn(2, 3, 32)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(ours))(x), ours(x))
+
+
 def test_layer_branch_is_what_the_layer_adds():
     torch.manual_seed(0)
     layer = build_backbone(KWARGS, 32).layers[0]
@@ -96,6 +104,7 @@ def test_token_embedding_is_frozen_zero_and_init_is_llamas():
 @pytest.mark.parametrize("kwargs, match", [
     ({"hidden_act": "mish"}, "hidden_act: 'mish' is not supported"),
     ({"num_attention_heads": 4, "num_key_value_heads": 3}, "not a multiple of num_key_value_heads 3"),
+    ({"num_attention_heads": 0}, "num_attention_heads: expected a positive integer, got 0"),
 ])
 def test_unsupported_backbones_are_named(kwargs, match):
     with pytest.raises(StxError, match=match):

@@ -128,3 +128,14 @@ def test_lora_dropout_in_training_takes_peft_path():
     assert (model(x) - first).abs().max() > 1e-4  # the adapters' inputs were dropped (merging cannot drop)
     model.eval()
     torch.testing.assert_close(model(x), model(x))
+
+
+def test_lora_model_pickles_with_its_merged_forward():  # a ddp_spawn strategy pickles the model
+    import pickle
+
+    model = tiny()
+    apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    _away_from_init(model)
+    copy = pickle.loads(pickle.dumps(model))
+    assert type(_lora_layers(copy)[0]) is type(_lora_layers(model)[0])
+    torch.testing.assert_close(copy(batch()), model(batch()))
