@@ -74,19 +74,30 @@ def _lora_linear() -> type:
         gradients to float32 rounding; everything else (state, merging, saving) is peft's."""
 
         def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+            name = None if args or kwargs else self._mergeable(x)
+            if name is None:
+                return super().forward(x, *args, **kwargs)
             base = self.get_base_layer()
-            if (args or kwargs or name not in self.lora_A or self.disable_adapters
-                    or name in getattr(self, "lora_variant", {})  # DoRA and other variants (peft >= 0.15)
-                    or getattr(self, "use_dora", {}).get(name, False) or self.lora_B[name].bias is not None
-                    or self.merged or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+            weight = torch.addmm(base.weight, self.lora_B[name].weight, self.lora_A[name].weight,
+                                 alpha=self.scaling[name])
+            return nn.functional.linear(x, weight, base.bias)
+
+        def _mergeable(self, x: torch.Tensor) -> str | None:
+            """The adapter this call may merge, or None where peft's own forward must run."""
+            if len(self.active_adapters) != 1 or self.disable_adapters or self.merged:
+                return None
+            name = self.active_adapters[0]
+            if (name not in self.lora_A or name in getattr(self, "lora_variant", {})  # DoRA etc. (peft >= 0.15)
+                    or getattr(self, "use_dora", {}).get(name, False) or self.lora_B[name].bias is not None):
+                return None
+            if (x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
                     or (self.training and getattr(self.lora_dropout[name], "p", 0.0) > 0)):
-                return super().forward(x, *args, **kwargs)
-            a, b = self.lora_A[name].weight, self.lora_B[name].weight
-            if not (x.dtype == a.dtype == base.weight.dtype) or not merged_is_cheaper(
-                    x.numel() // base.in_features, base.in_features, base.out_features, a.shape[0]):
-                return super().forward(x, *args, **kwargs)
-            return nn.functional.linear(x, torch.addmm(base.weight, b, a, alpha=self.scaling[name]), base.bias)
+                return None
+            a, base = self.lora_A[name].weight, self.get_base_layer()
+            if not x.dtype == a.dtype == base.weight.dtype:
+                return None
+            cheaper = merged_is_cheaper(x.numel() // base.in_features, base.in_features, base.out_features, a.shape[0])
+            return name if cheaper else None
 
     # picklable (a `ddp_spawn` strategy pickles the model): found through this module's __getattr__
     MergedForwardLinear.__module__, MergedForwardLinear.__qualname__ = __name__, "MergedForwardLinear"
