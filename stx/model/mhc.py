@@ -248,8 +248,8 @@ class MHCLayer(nn.Module):
         else:
             x = hidden_states.float()
             both = (read @ x.reshape(self.n, -1)).view(self.n + 1, *x.shape[1:])
-        x_in, mixed = both[0], both[1:]
-        branch = self._branch(x_in, shared.dtype)
+        x_in, mixed = both.split([1, self.n])  # one concatenation backward, not two zero-filled copies and a sum
+        branch = self._branch(x_in.squeeze(0), shared.dtype)
         x_next = torch.addcmul(mixed, h_post.view(-1, *([1] * branch.dim())), branch)  # one pass, not mul then add
         if self.last:
             shared.release()
@@ -270,8 +270,8 @@ class MHCLayer(nn.Module):
             both = read.sum(-1, keepdim=True) * x[..., :1, :]
         else:  # a batch of [n + 1, n] x [n, C] products: 4-10x faster than broadcast-multiply-and-sum
             both = torch.matmul(read, x)
-        x_in, mixed = both[..., 0, :], both[..., 1:, :]
-        branch = self._branch(x_in, hidden_states.dtype)
+        x_in, mixed = both.split([1, self.n], -2)
+        branch = self._branch(x_in.squeeze(-2), hidden_states.dtype)
         x_next = torch.addcmul(mixed, h_post[..., None], branch[..., None, :])
         return (x_next.mean(-2) if self.last else x_next.flatten(-2)).to(hidden_states.dtype)
 

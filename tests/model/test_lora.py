@@ -74,7 +74,10 @@ def _away_from_init(model):
                 param.copy_(0.3 * torch.randn_like(param))
 
 
-def test_merged_forward_equals_peft_and_its_gradients(monkeypatch):
+@pytest.mark.parametrize("path", ["rule", "merged", "fused"])
+def test_merged_forward_equals_peft_and_its_gradients(monkeypatch, path):
+    """Both of stx's products (merged weight; or peft's with the scale and sum inside addmm)
+    give peft's outputs and gradients."""
     from peft.tuners.lora.layer import Linear
 
     import stx.model.lora as lora_module
@@ -95,10 +98,13 @@ def test_merged_forward_equals_peft_and_its_gradients(monkeypatch):
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     calls = []
-    rule = lora_module.merged_is_cheaper
+    cheaper = lora_module.merged_is_cheaper
+    rule = {"rule": cheaper, "merged": lambda *a: True, "fused": lambda *a: False}[path]
     monkeypatch.setattr(lora_module, "merged_is_cheaper", lambda *a: calls.append(a) or rule(*a))
     merged_out, merged_grads = run()
-    assert calls and all(rule(*a) for a in calls)  # the tiny model's layers all merge
+    assert len(calls) == len(layers)  # every adapted layer took one of stx's paths
+    if path == "rule":
+        assert all(cheaper(*a) for a in calls)  # the tiny model's layers all merge
     for module in layers:
         module.__class__ = Linear  # peft's own forward
     peft_out, peft_grads = run()
