@@ -11,6 +11,7 @@ the frozen head.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from functools import cache
 from typing import Any
@@ -142,6 +143,8 @@ def freeze_for_finetuning(model: nn.Module, train_head: bool = True,
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every LoRA update into its base weight and drop the adapters (for export)."""
+    if "peft" not in sys.modules:  # no LoRA layer can exist yet (a baseline run): spare the seconds of importing peft
+        return model
     from peft.tuners.lora import LoraLayer
 
     for parent in list(model.modules()):

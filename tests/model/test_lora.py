@@ -145,3 +145,15 @@ def test_lora_model_pickles_with_its_merged_forward():  # a ddp_spawn strategy p
     copy = pickle.loads(pickle.dumps(model))
     assert type(_lora_layers(copy)[0]) is type(_lora_layers(model)[0])
     torch.testing.assert_close(copy(batch()), model(batch()))
+
+
+def test_merging_a_model_without_lora_does_not_import_peft():  # a baseline run: importing peft costs seconds
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from stx.model.lora import merge_lora; from tests.model.test_st import tiny; "
+            "model = tiny(); assert merge_lora(model) is model; print('peft' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"
