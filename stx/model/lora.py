@@ -84,9 +84,9 @@ def _lora_linear() -> type:
                 weight = torch.addmm(base.weight, b, a, alpha=self.scaling[name])
                 return nn.functional.linear(x, weight, base.bias)
             # peft's x W^T + s (x A^T) B^T with the scale and the sum inside the second product,
-            # accumulated in place (addmm_'s alpha and beta; autograd saves neither operand's
-            # output): no separate passes over the [tokens, out] output, forward or backward,
-            # which on a CPU cost more than the rank-r products
+            # accumulated in place (addmm_ with alpha = s; autograd saves no product's output):
+            # no separate passes over the [tokens, out] output, forward or backward, which on a
+            # CPU cost more than the rank-r products
             flat = x.reshape(-1, x.shape[-1])  # 2-d throughout: in place on a view would copy in backward
             out = nn.functional.linear(flat, base.weight, base.bias)
             out.addmm_(nn.functional.linear(flat, a), b.t(), alpha=self.scaling[name])
@@ -104,7 +104,10 @@ def _lora_linear() -> type:
             if (x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
                     or (self.training and getattr(self.lora_dropout[name], "p", 0.0) > 0)):
                 return None
-            if not x.dtype == self.lora_A[name].weight.dtype == self.get_base_layer().weight.dtype:
+            base = self.get_base_layer()
+            if type(base) is not nn.Linear or self.fan_in_fan_out:  # computed from base.weight, never base(x)
+                return None
+            if not x.dtype == self.lora_A[name].weight.dtype == base.weight.dtype:
                 return None
             return name
 

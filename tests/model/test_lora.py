@@ -74,8 +74,9 @@ def _away_from_init(model):
                 param.copy_(0.3 * torch.randn_like(param))
 
 
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("path", ["rule", "merged", "fused"])
-def test_merged_forward_equals_peft_and_its_gradients(monkeypatch, path):
+def test_merged_forward_equals_peft_and_its_gradients(monkeypatch, path, bias):
     """Both of stx's products (merged weight; or peft's with the scale and sum inside addmm)
     give peft's outputs and gradients."""
     from peft.tuners.lora.layer import Linear
@@ -83,11 +84,12 @@ def test_merged_forward_equals_peft_and_its_gradients(monkeypatch, path):
     import stx.model.lora as lora_module
 
     torch.manual_seed(0)
-    model = tiny().train()
+    model = tiny(backbone={"attention_bias": bias, "mlp_bias": bias}).train()
     apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
     freeze_for_finetuning(model)
     _away_from_init(model)
     layers = _lora_layers(model)
+    assert all((m.get_base_layer().bias is not None) == bias for m in layers)
     assert all(type(m) is not Linear for m in layers)  # every adapted layer got the merged forward
 
     def run():
@@ -155,5 +157,6 @@ def test_merging_a_model_without_lora_does_not_import_peft():  # a baseline run:
     code = ("import sys; from stx.model.lora import merge_lora; from tests.model.test_st import tiny; "
             "model = tiny(); assert merge_lora(model) is model; print('peft' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -11,10 +11,10 @@ BACKBONE = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_head
             "num_key_value_heads": 4, "head_dim": 8}
 
 
-def tiny(**kw) -> StateTransition:
+def tiny(backbone: dict | None = None, **kw) -> StateTransition:
     torch.manual_seed(0)
     spec = ModelSpec(input_dim=12, output_dim=12, hidden_dim=32, pert_names=("ctrl", "a", "b"),
-                     backbone=BACKBONE, dropout=0.0, **kw)
+                     backbone={**BACKBONE, **(backbone or {})}, dropout=0.0, **kw)
     return StateTransition(spec).eval()
 
 
