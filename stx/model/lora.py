@@ -123,8 +123,10 @@ def __getattr__(name: str) -> type:
 
 
 def use_merged_forward(model: nn.Module) -> nn.Module:
-    """Give every peft LoRA Linear of `model` the merged forward where it is cheaper (in place;
-    the class is swapped, no state changes: peft builds its own layers during injection)."""
+    """Give every peft LoRA Linear of `model` stx's leaner products (`MergedForwardLinear`: the
+    merged weight where it is cheaper, else peft's products with the scale and sum in one
+    `addmm_`); in place: the class is swapped, no state changes (peft builds its own layers
+    during injection)."""
     from peft.tuners.lora.layer import Linear
 
     merged = _lora_linear()
