@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -184,6 +185,39 @@ def test_mixing_equals_the_equations_written_stream_by_stream(dynamic):
     for g, r in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
 
+
+
+class _Elementwise(torch.nn.Module):
+    """A decoder layer whose branch autocast leaves alone, so only mHC's own arithmetic can differ."""
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sin(h)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_streams_stay_fp32_under_bf16_autocast(dynamic):
+    torch.manual_seed(0)
+    backbone = torch.nn.Module()
+    backbone.layers = torch.nn.ModuleList([_Elementwise() for _ in range(3)])
+    backbone.config = SimpleNamespace(hidden_size=16)
+    layers = apply_mhc(backbone, MhcConfig(streams=4, dynamic=dynamic))
+    with torch.no_grad():
+        for layer in layers:
+            for param in layer.mhc.parameters():
+                param.add_(0.5 * torch.randn_like(param))
+    h = torch.randn(2, 5, 16)
+
+    def run() -> torch.Tensor:
+        x = h
+        for layer in backbone.layers:
+            x = layer(x)
+        return x
+
+    want = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products would round the streams (~1e-2)
+        got = run()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 def test_dynamic_coefficients_follow_the_papers_formula():
     torch.manual_seed(0)
