@@ -99,7 +99,7 @@ def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast off for the stream arithmetic: the streams are the residual path and stay fp32
     under bf16 mixed precision (autocast would run their matrix products in bf16); the branch F
     runs outside, under the caller's autocast."""
-    if torch.is_autocast_enabled(device_type):
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -249,11 +249,11 @@ class MHCLayer(nn.Module):
         """Static mixing with the streams stream-major, [n, B, S, C] between layers: reading them
         is then one plain matrix product [n + 1, n] x [n, B*S*C] (a token-major layout needs a
         transpose copy or a batch of tiny products, 4-10x slower forward and backward)."""
-        if self.first:
-            shared.refresh()
-            shared.dtype = hidden_states.dtype
         x = hidden_states.float()
         with full_precision(x.device.type):
+            if self.first:  # every layer's H_res, in fp32 (autocast would run Birkhoff's einsum in bf16)
+                shared.refresh()
+                shared.dtype = hidden_states.dtype
             h_pre, h_post, h_res = self.mhc(None)
             self.last_h_res = h_res.detach()
             read = torch.cat([h_pre.unsqueeze(0), h_res], 0)  # H_pre and H_res read the same streams: [n + 1, n]

@@ -20,8 +20,10 @@ With `STX_BENCH_ARC_STATE` (a Python that has arc-state), both sides also run
 r16: stx's on all seven projections, arc-state's on attention, its default) and the line
 gains their step-time and peak-memory ratios.
 
-`--smoke` runs every part of this on the CPU at a tiny size (bf16 autocast included), so a
-test can check the script before a GPU is lent for its few minutes: its figures mean nothing.
+`--smoke` runs the script on the CPU at a tiny size (model, bf16 autocast, timing loop, FLOPs,
+JSON, the arc-state side), so a test can check it before a GPU is lent for its few minutes;
+the CUDA-only calls (fused AdamW, synchronisation, peak memory, the card's peak and so MFU)
+and `torch.compile` (unless `--compile on`) are not exercised there. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 TAHOE = {"hidden": 1440, "layers": 4, "heads": 12, "head_dim": 120, "mlp": 4416, "dim": 2000, "set": 512}
 SMOKE = {"hidden": 64, "layers": 2, "heads": 4, "head_dim": 16, "mlp": 128, "dim": 32, "set": 16}
 STEP_SCRIPT = Path(__file__).with_name("train_step.py")
+ARC_TIMEOUT_S = 300.0
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
@@ -64,7 +67,8 @@ def build(size: dict = TAHOE, device: str = "cuda", train_head: bool = True):
 
 def model_flops(model, batch: int, size: dict = TAHOE) -> float:
     """Forward + backward FLOPs of one step: dense layers (no weight gradient for a frozen
-    weight) and attention."""
+    weight) and attention. Input gradients are counted for every layer, the first included,
+    whose input (the data) needs none: a few percent high at ST-Tahoe size."""
     dense = [p for n, p in model.named_parameters() if "embed_tokens" not in n]
     params = sum(p.numel() for p in dense)
     trainable = sum(p.numel() for p in dense if p.requires_grad)
@@ -111,8 +115,12 @@ def arc_comparison(arc_python: str, size_name: str, steps: int, device: str, bat
     """stx and arc-state LoRA steps at one size, each `train_step.py` in a fresh process."""
     out = {}
     for impl, python in (("stx", sys.executable), ("arc", arc_python)):
-        done = subprocess.run([python, str(STEP_SCRIPT), impl, size_name, "lora", str(steps + 5), "--device", device,
-                               "--bf16", "--batch", str(batch)], capture_output=True, text=True)
+        try:  # a hung import must not eat the few minutes a device is lent for
+            done = subprocess.run([python, str(STEP_SCRIPT), impl, size_name, "lora", str(steps + 5), "--device",
+                                   device, "--bf16", "--batch", str(batch)], capture_output=True, text=True,
+                                  timeout=ARC_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"bench_gpu: train_step.py {impl} did not finish in {ARC_TIMEOUT_S:.0f} s") from None
         if done.returncode != 0:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise SystemExit(f"bench_gpu: train_step.py {impl} failed: {tail}")
@@ -161,11 +169,18 @@ def main() -> int:
     arc_note, arc_figures = "arc-state: not installed (set STX_BENCH_ARC_STATE)", None
     if arc:
         del model  # its memory would count in neither process, but would crowd the card
+        import gc
+
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
         arc_figures = arc_comparison(arc, size_name, args.steps, device, batch)
         ours, theirs = arc_figures["stx"], arc_figures["arc"]
         memory = (f", peak {_gib(ours['peak_gib'])} / {_gib(theirs['peak_gib'])} = "
                   f"{ours['peak_gib'] / theirs['peak_gib']:.2f}" if ours["peak_gib"] and theirs["peak_gib"] else "")
-        arc_note = (f"stx / arc-state lora step (eager, same plain ST, fresh processes): "
+        arc_note = (f"stx / arc-state lora step (eager, fresh processes, the same plain ST, each tool's own "
+                    f"LoRA defaults: stx r16 on 7 projections, no dropout, fused AdamW on a GPU; arc-state r16 on "
+                    f"attention, dropout 0.05, default AdamW): "
                     f"{ours['wall'] * 1e3:.1f} / {theirs['wall'] * 1e3:.1f} ms = {ours['wall'] / theirs['wall']:.2f}"
                     f"{memory}")
     line = " | ".join(f"{k}: step {v['step_s'] * 1e3:.1f} ms, {v['cells_per_s']:.0f} cells/s, peak "

@@ -98,19 +98,21 @@ def main() -> None:
     parser.add_argument("impl", choices=("stx", "arc"))
     parser.add_argument("size", choices=tuple(SIZES))
     parser.add_argument("mode", choices=("full", "lora"))
-    parser.add_argument("steps", type=int, help="steps in all, the first 5 of them warm-up (not timed)")
+    parser.add_argument("steps", type=int, help="steps in all (more than 5), the first 5 of them warm-up (not timed)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as stx trains on a GPU")
     parser.add_argument("--batch", type=int, help="sets per step (default: the size's)")
     args = parser.parse_args()
+    if args.steps <= 5:
+        parser.error("steps must be more than 5: the first 5 are warm-up")
     torch.manual_seed(0)
     size = {**SIZES[args.size], **({"B": args.batch} if args.batch else {})}
     model, optimizer, step = (_arc if args.impl == "arc" else _stx)(size, args.mode, args.device)
     model.train()
     cuda = args.device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(args.device)) if cuda else (lambda: None)
     if cuda:
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(args.device)
     walls, cpus = [], []
     for i in range(args.steps):
         sync()
@@ -124,7 +126,7 @@ def main() -> None:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     print(json.dumps({"wall": statistics.median(walls[5:]), "cpu": statistics.median(cpus[5:]),
-                      "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                      "peak_gib": torch.cuda.max_memory_allocated(args.device) / 2**30 if cuda else None,
                       "params": sum(p.numel() for p in model.parameters()),
                       "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}))
 

@@ -186,7 +186,6 @@ def test_mixing_equals_the_equations_written_stream_by_stream(dynamic):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
 
 
-
 class _Elementwise(torch.nn.Module):
     """A decoder layer whose branch autocast leaves alone, so only mHC's own arithmetic can differ."""
 
@@ -195,12 +194,13 @@ class _Elementwise(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_streams_stay_fp32_under_bf16_autocast(dynamic):
+@pytest.mark.parametrize("projection", ["sinkhorn", "birkhoff"])
+def test_streams_stay_fp32_under_bf16_autocast(dynamic, projection):
     torch.manual_seed(0)
     backbone = torch.nn.Module()
     backbone.layers = torch.nn.ModuleList([_Elementwise() for _ in range(3)])
     backbone.config = SimpleNamespace(hidden_size=16)
-    layers = apply_mhc(backbone, MhcConfig(streams=4, dynamic=dynamic))
+    layers = apply_mhc(backbone, MhcConfig(streams=4, dynamic=dynamic, projection=projection))
     with torch.no_grad():
         for layer in layers:
             for param in layer.mhc.parameters():
@@ -216,7 +216,7 @@ def test_streams_stay_fp32_under_bf16_autocast(dynamic):
     want = run()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 products would round the streams (~1e-2)
         got = run()
-    assert got.dtype == torch.float32
+    assert got.dtype == torch.float32 and all(layer.last_h_res.dtype == torch.float32 for layer in layers)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 def test_dynamic_coefficients_follow_the_papers_formula():
