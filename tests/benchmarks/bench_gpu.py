@@ -29,6 +29,7 @@ and `torch.compile` (unless `--compile on`) are not exercised there. Its figures
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -144,7 +145,7 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, help="the card's bf16 dense peak (default: by its name)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--smoke", action="store_true",
-                        help="run every part on the CPU at a tiny size (checks the script; measures nothing)")
+                        help="run the script on the CPU at a tiny size (checks it before a GPU is lent; measures nothing)")
     args = parser.parse_args()
     import torch
 
@@ -169,8 +170,6 @@ def main() -> int:
     arc_note, arc_figures = "arc-state: not installed (set STX_BENCH_ARC_STATE)", None
     if arc:
         del model  # its memory would count in neither process, but would crowd the card
-        import gc
-
         gc.collect()
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

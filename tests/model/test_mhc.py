@@ -219,6 +219,7 @@ def test_streams_stay_fp32_under_bf16_autocast(dynamic, projection):
     assert got.dtype == torch.float32 and all(layer.last_h_res.dtype == torch.float32 for layer in layers)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
+
 def test_dynamic_coefficients_follow_the_papers_formula():
     torch.manual_seed(0)
     coef = MHCCoefficients(8, 1, MhcConfig(streams=3, dynamic=True))
